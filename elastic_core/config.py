@@ -1,0 +1,90 @@
+"""Frozen configuration for routers and for the inference policy (Algorithm 1).
+
+Defaults reproduce the authors' released Qwen-Image code: tau 0.5, a borderline band of 0.015
+(the code hard-codes [0.5, 0.515]), at most 10 reuses in a row, caching from step 15 of 30.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+WIDTHS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Shape of one block's router (eqs. 4-6)."""
+
+    dim: int  # D: token width of the block input
+    cond_dim: int | None = None  # C: width of the conditioning vector (default D)
+    hidden: int = 128  # H_r
+    widths: tuple[float, ...] = WIDTHS  # S: the MLP width ratios the width head chooses from
+    activation: str = "relu"
+    ln_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.dim <= 0 or self.hidden <= 0 or (self.cond_dim is not None and self.cond_dim <= 0):
+            raise ValueError(f"router dims must be positive, got dim={self.dim} cond_dim={self.cond_dim} hidden={self.hidden}")
+        if not self.widths or any(not 0.0 < w <= 1.0 for w in self.widths):
+            raise ValueError(f"router widths must lie in (0, 1], got {self.widths}")
+        if list(self.widths) != sorted(self.widths):
+            raise ValueError(f"router widths must be ascending, got {self.widths}")
+        if self.activation not in ("relu", "gelu", "silu"):
+            raise ValueError(f"router activation must be relu, gelu or silu, got {self.activation!r}")
+        object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
+
+    @property
+    def cond(self) -> int:
+        return self.dim if self.cond_dim is None else self.cond_dim
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """The inference policy: thresholds, switches and the cache window.
+
+    The cache window is a fraction of the denoising steps: step i (of N) may reuse or store a
+    residual when cache_start <= i / N < cache_end. The released code caches from step 15 of 30.
+    """
+
+    tau: float = 0.5
+    delta: float = 0.015
+    max_reuse: int = 10  # K
+    skip: bool = True
+    width: bool = True
+    cache: bool = True
+    cache_start: float = 0.5
+    cache_end: float = 1.0
+    cache_device: str | None = None  # None: keep residuals on the device they were computed on
+
+    def __post_init__(self):
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
+        if not 0.0 <= self.delta <= 1.0:
+            raise ValueError(f"delta must lie in [0, 1], got {self.delta}")
+        if self.max_reuse < 0:
+            raise ValueError(f"max_reuse (K) must be >= 0, got {self.max_reuse}")
+        if not 0.0 <= self.cache_start <= self.cache_end <= 1.0:
+            raise ValueError(
+                f"cache window must satisfy 0 <= start <= end <= 1, got [{self.cache_start}, {self.cache_end}]")
+
+    def caching_at(self, step: int, num_steps: int) -> bool:
+        """Whether step `step` (0-based) of `num_steps` lies in the cache window."""
+        if not self.cache or num_steps <= 0:
+            return False
+        return self.cache_start <= step / num_steps < self.cache_end
+
+    def with_(self, **changes) -> "ElasticConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The paper's Table-1 settings, one choice away from the released-code defaults. The paper's deltas
+# are probably on another scale than the released band (see README); they are given as published.
+PAPER_PRESETS = {
+    "released": ElasticConfig(),
+    "qwen-image-base": ElasticConfig(delta=0.1, max_reuse=5),
+    "qwen-image-turbo": ElasticConfig(delta=0.15, max_reuse=10),
+    "flux-dev": ElasticConfig(delta=0.1, max_reuse=3),
+}
+

@@ -1,0 +1,171 @@
+"""Algorithm 1: per block and per sample, skip, reuse a cached residual, or run at the chosen width.
+
+The engine never owns the block loop of a host model: a host calls `ElasticRun.block(...)` from its
+per-block hook, handing in the block's input streams, the conditioning vector and a `run` callable
+that executes the original block on given rows at a given width. `run_stack` is the same loop for a
+plain list of blocks (tests, benchmarks, the toy model).
+
+Decisions are per row. Rows carry a key (stream, sample): cond and uncond of one sample, or two
+samples of a batch, never share a residual. Rows that run the block run it on their rows only, so
+each row's result equals running that sample alone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import torch
+from torch import Tensor
+
+from .blocks import BlockSpec
+from .cache import ResidualBank
+from .config import ElasticConfig
+from .router import RouterSet
+from .stats import REUSE, RUN, SKIP, RunRecord
+
+Streams = dict[str, Tensor]  # stream name -> [B, L, D]
+# run(inputs of the rows, row indices or None for all rows, width ratio) -> outputs of those rows
+RunFn = Callable[[Streams, "Tensor | None", float], Streams]
+# plan(step, block) -> forced (action, width ratio), or None to let the router decide
+Plan = Callable[[int, int], "tuple[int, float] | None"]
+RowKey = tuple[str, int]  # (stream such as "cond" / "uncond", sample index)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: int  # SKIP / REUSE / RUN
+    width: float  # width ratio the block runs at (or the router's choice, for skip / reuse)
+
+
+class ElasticRun:
+    """State of ONE sampling run: residual banks, step counter and the statistics record."""
+
+    def __init__(self, routers: RouterSet, specs: Sequence[BlockSpec], config: ElasticConfig,
+                 num_steps: int, plan: Plan | None = None, meta: dict | None = None):
+        if len(specs) != len(routers):
+            raise ValueError(f"{len(specs)} blocks but {len(routers)} routers")
+        self.routers, self.specs, self.config, self.plan = routers, list(specs), config, plan
+        self.num_steps = num_steps
+        self.bank = ResidualBank(config.cache_device)
+        self.step, self.caching = 0, config.caching_at(0, num_steps)
+        self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
+                                widths=list(routers.config.widths), config=config.to_dict(),
+                                num_steps=num_steps, meta=dict(meta or {}))
+        self._t0 = time.perf_counter()
+
+    def begin_step(self, step: int, sigma: float | None = None) -> None:
+        self.step = step
+        self.caching = self.config.caching_at(step, self.num_steps)
+        self.record.steps[step] = sigma
+
+    def finish(self) -> RunRecord:
+        self.record.cache_bytes_peak = self.bank.peak_bytes
+        self.record.wall_time_s = time.perf_counter() - self._t0
+        self.bank.clear()
+        return self.record
+
+    # -- deciding --------------------------------------------------------------------------------
+    def _decide(self, i: int, p: float, width_idx: int, key: Hashable, shapes) -> Decision:
+        cfg, widths = self.config, self.routers.config.widths
+        width = widths[width_idx] if cfg.width else 1.0
+        forced = self.plan(self.step, i) if self.plan is not None else None
+        if forced is not None:
+            action, width = forced
+            if action != REUSE or self._reusable(i, key, shapes):
+                return Decision(action, width)
+            return Decision(RUN, width)  # nothing to reuse yet
+        if cfg.skip and p < cfg.tau:
+            return Decision(SKIP, width)
+        if cfg.tau <= p <= cfg.tau + cfg.delta and self._reusable(i, key, shapes):
+            return Decision(REUSE, width)
+        return Decision(RUN, width)
+
+    def _reusable(self, i: int, key: Hashable, shapes: dict) -> bool:
+        entry = self.bank.get(i, key) if self.caching else None
+        return entry is not None and entry.uses < self.config.max_reuse and entry.fits(shapes)
+
+    # -- one block -------------------------------------------------------------------------------
+    def block(self, i: int, inputs: Streams, cond: Tensor, run: RunFn,
+              router_tokens: Sequence[Tensor] | None = None, row_keys: Sequence[RowKey] | None = None,
+              clone_inputs: bool = False) -> Streams:
+        """Algorithm 1 for block i on a batch. inputs: {"img": [B, L, D], ...}; cond: [B, C].
+
+        clone_inputs: pass copies to `run` (for host blocks that modify their input in place).
+        """
+        b = next(iter(inputs.values())).shape[0]
+        keys = list(row_keys) if row_keys is not None else [("cond", r) for r in range(b)]
+        if len(keys) != b:
+            raise ValueError(f"block {i}: {len(keys)} row keys for a batch of {b}")
+        with torch.no_grad():
+            out = self.routers[i](list(router_tokens) if router_tokens is not None else list(inputs.values()), cond)
+        ps, ws = out.p.tolist(), out.width_index.tolist()  # one host sync per block
+        shapes = {k: v.shape[1:] for k, v in inputs.items()}
+        decisions = [self._decide(i, p, w, k, shapes) for p, w, k in zip(ps, ws, keys)]
+        for r, d in enumerate(decisions):
+            if d.action == REUSE:
+                self.bank.get(i, keys[r]).uses += 1
+        result = self._apply(i, inputs, decisions, keys, run, clone_inputs)
+        self._account(i, inputs, decisions, keys, ps)
+        return result
+
+    def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, clone_inputs: bool) -> Streams:
+        b = len(decisions)
+        groups: dict[tuple[int, float], list[int]] = {}
+        for r, d in enumerate(decisions):
+            groups.setdefault((d.action, d.width if d.action == RUN else 0.0), []).append(r)
+        if len(groups) == 1:  # the common case: one decision for the whole batch, no row copies
+            (action, width), = groups
+            return self._act(i, inputs, None, list(range(b)), action, width, keys, run, clone_inputs)
+        result = {k: v.clone() for k, v in inputs.items()}  # skipped rows stay as they are
+        for (action, width), rows in groups.items():
+            if action == SKIP:
+                continue
+            idx = torch.tensor(rows, device=next(iter(inputs.values())).device)
+            part = self._act(i, {k: v.index_select(0, idx) for k, v in inputs.items()}, idx, rows,
+                             action, width, keys, run, False)
+            for k in result:
+                result[k].index_copy_(0, idx, part[k])
+        return result
+
+    def _act(self, i, inputs: Streams, idx, rows: list[int], action: int, width: float, keys, run: RunFn,
+             clone_inputs: bool) -> Streams:
+        """Apply one action to a group of rows; inputs already hold just those rows."""
+        if action == SKIP:
+            return inputs
+        if action == REUSE:
+            return {k: v + torch.stack([self.bank.take(i, keys[r], v, k) for r in rows]) for k, v in inputs.items()}
+        x_in = {k: v.clone() for k, v in inputs.items()} if clone_inputs else inputs
+        out = run(x_in, idx, width)
+        if self.caching:
+            with torch.no_grad():
+                delta = {k: (out[k] - inputs[k]).detach() for k in inputs}
+            for j, r in enumerate(rows):
+                self.bank.put(i, keys[r], {k: v[j] for k, v in delta.items()})
+        return out
+
+    def _account(self, i: int, inputs: Streams, decisions, keys, ps) -> None:
+        spec, rec, f = self.specs[i], self.record, self.record.flops
+        tokens = {k: v.shape[1] for k, v in inputs.items()}
+        attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
+        router_flops = self.routers[i].flops(sum(tokens.values()))
+        for r, (d, p) in enumerate(zip(decisions, ps)):
+            f["dense_attn"] += attn
+            f["dense_mlp"] += mlp_full
+            f["router"] += router_flops
+            if d.action == RUN:
+                f["exec_attn"] += attn
+                f["exec_mlp"] += spec.mlp_flops(tokens, d.width)
+            reuse = self.bank.get(i, keys[r]).uses if d.action == REUSE else 0
+            rec.add(self.step, i, keys[r][0], keys[r][1], p, d.width, d.action, reuse)
+
+
+def run_stack(run_state: ElasticRun, blocks: Sequence[RunFn], inputs: Streams, cond: Tensor,
+              row_keys: Sequence[RowKey] | None = None,
+              router_tokens: Callable[[Streams], Sequence[Tensor]] | None = None) -> Streams:
+    """Algorithm 1 over a plain stack of blocks for the current step."""
+    x = inputs
+    for i, blk in enumerate(blocks):
+        toks = router_tokens(x) if router_tokens is not None else None
+        x = run_state.block(i, x, cond, blk, router_tokens=toks, row_keys=row_keys)
+    return x

@@ -1,0 +1,120 @@
+"""The statistics record of one sampling run: what every router said and what the engine did.
+
+One event per (model call, block, row): step, block, stream, sample, p, width ratio chosen by the
+router, action (skip / reuse / run) and the reuse count after it. Events are stored as columns with
+small integer codes, so a 60-block, 50-step CFG run stays a few hundred kB of JSON.
+This is what the heatmap widget, the stats node and the logs read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+SCHEMA = "elastic-dit/run-record"
+SCHEMA_VERSION = 1
+ACTIONS = ("skip", "reuse", "run")
+SKIP, REUSE, RUN = range(3)
+COLUMNS = ("step", "block", "stream", "sample", "p", "width", "action", "reuse")
+
+
+@dataclass
+class RunRecord:
+    blocks: list[dict]  # [{"name": "double_blocks.0", "group": "double"}, ...]
+    widths: list[float]  # the router's width set
+    config: dict  # the ElasticConfig in force
+    num_steps: int = 0
+    steps: dict[int, float | None] = field(default_factory=dict)  # step index -> sigma
+    streams: list[str] = field(default_factory=list)
+    events: dict[str, list] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("dense_attn", "dense_mlp", "exec_attn", "exec_mlp", "router"), 0.0))
+    cache_bytes_peak: int = 0
+    wall_time_s: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    # -- filling -----------------------------------------------------------------------------
+    def stream_code(self, stream: str) -> int:
+        if stream not in self.streams:
+            self.streams.append(stream)
+        return self.streams.index(stream)
+
+    def add(self, step: int, block: int, stream: str, sample: int, p: float, width: float, action: int, reuse: int):
+        ev = self.events
+        for col, v in zip(COLUMNS, (step, block, self.stream_code(stream), sample, round(p, 6), width, action, reuse)):
+            ev[col].append(v)
+
+    # -- reading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.events["step"])
+
+    def counts(self) -> dict[str, int]:
+        acts = self.events["action"]
+        return {name: acts.count(code) for code, name in enumerate(ACTIONS)}
+
+    def mean_width(self) -> float:
+        """Mean width ratio over the block executions that ran (skips and reuses excluded)."""
+        w = [w for w, a in zip(self.events["width"], self.events["action"]) if a == RUN]
+        return sum(w) / len(w) if w else 0.0
+
+    def executed_fraction(self) -> float:
+        f = self.flops
+        dense = f["dense_attn"] + f["dense_mlp"]
+        return (f["exec_attn"] + f["exec_mlp"] + f["router"]) / dense if dense else 1.0
+
+    def totals(self) -> dict:
+        n = max(len(self), 1)
+        c = self.counts()
+        frac = self.executed_fraction()
+        return {
+            "events": len(self),
+            "counts": c,
+            "skipped": c["skip"] / n, "reused": c["reuse"] / n, "ran": c["run"] / n,
+            "mean_width": self.mean_width(),
+            "flops": dict(self.flops),
+            "executed_fraction": frac,
+            "estimated_speedup": 1.0 / frac if frac > 0 else float("inf"),
+            "cache_bytes_peak": self.cache_bytes_peak,
+            "wall_time_s": self.wall_time_s,
+        }
+
+    def summary(self) -> str:
+        t = self.totals()
+        return (f"blocks skipped {t['skipped']:.1%} / reused {t['reused']:.1%} / run {t['ran']:.1%}, "
+                f"mean width {t['mean_width']:.2f}, executed compute {t['executed_fraction']:.1%} of dense "
+                f"(est. {t['estimated_speedup']:.2f}x), cache peak {t['cache_bytes_peak'] / 2**20:.1f} MiB, "
+                f"wall {t['wall_time_s']:.2f} s")
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "version": SCHEMA_VERSION,
+            "blocks": self.blocks, "widths": self.widths, "config": self.config,
+            "num_steps": self.num_steps,
+            "steps": [{"index": i, "sigma": s} for i, s in sorted(self.steps.items())],
+            "streams": self.streams, "actions": list(ACTIONS),
+            "events": self.events,
+            "totals": self.totals(), "meta": self.meta,
+        }
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not an elastic-dit run record (schema {d.get('schema')!r})")
+        if d.get("version") != SCHEMA_VERSION:
+            raise ValueError(f"run record version {d.get('version')} is not supported (expected {SCHEMA_VERSION})")
+        missing = [c for c in COLUMNS if c not in d["events"]]
+        if missing:
+            raise ValueError(f"run record lacks event columns {missing}")
+        t = d.get("totals", {})
+        return cls(blocks=d["blocks"], widths=d["widths"], config=d["config"], num_steps=d["num_steps"],
+                   steps={s["index"]: s["sigma"] for s in d["steps"]}, streams=list(d["streams"]),
+                   events={c: list(d["events"][c]) for c in COLUMNS}, flops=dict(t.get("flops", {})),
+                   cache_bytes_peak=t.get("cache_bytes_peak", 0), wall_time_s=t.get("wall_time_s", 0.0),
+                   meta=d.get("meta", {}))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRecord":
+        return cls.from_dict(json.loads(text))

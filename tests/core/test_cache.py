@@ -1,0 +1,131 @@
+"""The residual cache: reuse adds the stored residual, K caps it, banks are per block/stream/sample."""
+import torch
+
+from elastic_core.reference import plain_stack
+from elastic_core.stats import REUSE, RUN
+from tests.core.helpers import force, inputs, make_stack, start, step
+
+BAND = 0.505  # inside [tau, tau + delta] = [0.5, 0.515]
+
+
+def _one_block_run(k=2, **cfg):
+    blocks, routers = make_stack(1)
+    force(routers[0], p=BAND)
+    return blocks, routers, start(blocks, routers, num_steps=10, cache_start=0.0, max_reuse=k, **cfg)
+
+
+def test_reuse_adds_stored_residual_and_caps_at_k():
+    blocks, routers, run = _one_block_run(k=2)
+    img, txt, vec = inputs()
+    actions, stored = [], None
+    for s in range(6):
+        x_img = torch.randn(img.shape, generator=torch.Generator().manual_seed(s))  # a new input each step
+        oi, ot = step(run, blocks, x_img, txt, vec, index=s)
+        act = run.record.events["action"][-1]
+        actions.append(act)
+        ri, rt = plain_stack(blocks, x_img, txt, vec)
+        if act == RUN:
+            assert torch.equal(oi, ri)
+            stored = (ri - x_img, rt - txt)
+        else:
+            assert torch.allclose(oi, x_img + stored[0], atol=1e-6)
+            assert torch.allclose(ot, txt + stored[1], atol=1e-6)
+            assert (oi - ri).abs().max() > 1e-4  # it really reused an old residual
+    # run (no entry yet), reuse, reuse, run (K reached, refreshes), reuse, reuse
+    assert actions == [RUN, REUSE, REUSE, RUN, REUSE, REUSE]
+    assert run.record.events["reuse"] == [0, 1, 2, 0, 1, 2]
+    rec = run.finish()
+    assert rec.cache_bytes_peak == (img.numel() + txt.numel()) * 4
+
+
+def test_k_zero_never_reuses():
+    blocks, routers, run = _one_block_run(k=0)
+    img, txt, vec = inputs()
+    for s in range(3):
+        step(run, blocks, img, txt, vec, index=s)
+    assert run.finish().counts()["reuse"] == 0
+
+
+def test_outside_window_no_cache():
+    blocks, routers = make_stack(1)
+    force(routers[0], p=BAND)
+    run = start(blocks, routers, num_steps=4, cache_start=0.5)  # steps 2, 3 only
+    img, txt, vec = inputs()
+    for s in range(4):
+        step(run, blocks, img, txt, vec, index=s)
+    assert run.finish().events["action"] == [RUN, RUN, RUN, REUSE]
+
+
+def test_above_band_runs_and_below_tau_skips():
+    blocks, routers = make_stack(2)
+    force(routers[0], p=0.6)
+    force(routers[1], p=0.4)
+    run = start(blocks, routers, num_steps=3, cache_start=0.0)
+    img, txt, vec = inputs()
+    for s in range(3):
+        step(run, blocks, img, txt, vec, index=s)
+    assert run.finish().counts() == {"skip": 3, "reuse": 0, "run": 3}
+
+
+def test_streams_and_samples_never_share_a_residual():
+    blocks, routers, run = _one_block_run(k=5)
+    img, txt, vec = inputs(b=3, seed=7)
+    keys = [("cond", 0), ("uncond", 0), ("cond", 1)]
+    step(run, blocks, img, txt, vec, index=0, row_keys=keys)
+    res = [plain_stack(blocks, img[r:r + 1], txt[r:r + 1], vec[r:r + 1])[0] - img[r:r + 1] for r in range(3)]
+    img2 = img + 0.5
+    oi, _ = step(run, blocks, img2, txt, vec, index=1, row_keys=keys)
+    assert run.record.events["action"][-3:] == [REUSE] * 3
+    for r in range(3):
+        assert torch.allclose(oi[r:r + 1], img2[r:r + 1] + res[r], atol=1e-5)
+    assert len(run.bank) == 3
+
+
+def test_mixed_actions_in_one_batch():
+    """Row 0 has a residual to reuse, row 1 is new: one reuses, one runs, each correct."""
+    blocks, routers, run = _one_block_run(k=5)
+    img, txt, vec = inputs(b=2, seed=8)
+    step(run, blocks, img[:1], txt[:1], vec[:1], index=0, row_keys=[("cond", 0)])
+    res0 = plain_stack(blocks, img[:1], txt[:1], vec[:1])[0] - img[:1]
+    oi, _ = step(run, blocks, img, txt, vec, index=1, row_keys=[("cond", 0), ("cond", 1)])
+    assert run.record.events["action"][-2:] == [REUSE, RUN]
+    assert torch.allclose(oi[:1], img[:1] + res0, atol=1e-6)
+    assert torch.allclose(oi[1:], plain_stack(blocks, img[1:], txt[1:], vec[1:])[0], atol=1e-5)
+
+
+def test_shape_change_invalidates_residual():
+    blocks, routers, run = _one_block_run(k=5)
+    img, txt, vec = inputs(li=12)
+    step(run, blocks, img, txt, vec, index=0)
+    img2, _, _ = inputs(li=20)
+    oi, _ = step(run, blocks, img2, txt, vec, index=1)
+    assert run.record.events["action"][-1] == RUN
+    assert torch.equal(oi, plain_stack(blocks, img2, txt, vec)[0])
+
+
+def test_in_place_block_needs_clone_inputs():
+    """A host block that adds into its input in place: with clone_inputs the residual is right."""
+    blocks, routers, run = _one_block_run(k=5)
+    img, txt, vec = inputs()
+
+    def inplace(x, rows, width):
+        oi, ot = blocks[0](x["img"], x["txt"], vec, width)
+        x["img"].copy_(oi)
+        return {"img": x["img"], "txt": ot}
+
+    for s in range(2):
+        run.begin_step(s)
+        x = {"img": img.clone(), "txt": txt.clone()}
+        out = run.block(0, x, vec, inplace, clone_inputs=True)
+    ref = plain_stack(blocks, img, txt, vec)[0]
+    assert run.record.events["action"] == [RUN, REUSE]
+    assert torch.allclose(out["img"], ref, atol=1e-6)
+
+
+def test_cache_device_cpu_and_state_reset_on_finish():
+    blocks, routers, run = _one_block_run(k=5, cache_device="cpu")
+    img, txt, vec = inputs()
+    step(run, blocks, img, txt, vec, index=0)
+    assert run.bank.get(0, ("cond", 0)).residual["img"].device.type == "cpu"
+    run.finish()
+    assert len(run.bank) == 0 and run.bank.bytes == 0
