@@ -122,4 +122,4 @@ class RouterSet(nn.Module):
 
     def width_preference(self) -> Tensor:  # [N] width ratio each block prefers at zero input
         widths = torch.tensor(self.config.widths)
-        return torch.stack([widths[r.width_head.bias.detach().argmax()] for r in self.routers])
+        return torch.stack([widths[r.width_head.bias.detach().argmax().cpu()] for r in self.routers])

@@ -1,0 +1,204 @@
+"""`elastic-dit bench`: what the engine costs and what it saves, on a reference DiT block.
+
+Three measurements, each a ratio taken side by side in one process (absolute times on shared
+machines are noise; ratios are what the targets are about):
+  (a) router time / block time                                      target <= 1 %
+  (b) MLP time at width s / MLP time at full width                    target <= s + 0.05
+  (c) a stack run with a fixed decision plan (~40 % skipped, mean width 0.6, ~15 % reused):
+      measured wall speedup over the dense stack / ideal speedup from counted FLOPs   target >= 0.9
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import ElasticConfig, RouterConfig
+from .reference import RefDoubleBlock, double_run_fn, plain_stack, randomize_
+from .router import RouterSet
+from .runner import ElasticRun, run_stack
+from .stats import REUSE, RUN, SKIP
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    dim: int = 3072
+    heads: int = 24
+    img_tokens: int = 192
+    txt_tokens: int = 64
+    blocks: int = 6  # stack positions in (c); they share `distinct` weight sets to bound memory
+    distinct: int = 2
+    steps: int = 5
+    repeats: int = 3
+
+
+SIZES = {
+    "cpu": BenchSize(),
+    "gpu": BenchSize(img_tokens=4096, txt_tokens=512, blocks=12, distinct=4, steps=8, repeats=5),
+    "quick": BenchSize(dim=256, heads=4, img_tokens=64, txt_tokens=16, blocks=4, distinct=2, steps=4, repeats=2),
+}
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _timer(device: torch.device, fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of fn over `repeats` runs after one warm-up."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def plan_for(steps: int, blocks: int, skip=0.4, reuse=0.15, widths=(0.5, 0.75, 0.25, 1.0, 0.5)):
+    """A fixed decision plan: step 0 runs everything (fills the cache); later steps skip, reuse and
+    run a deterministic, shuffled share of blocks, the runs cycling through `widths` (mean 0.6)."""
+    g = torch.Generator().manual_seed(0)
+    table = {}
+    for s in range(1, steps):
+        order = torch.randperm(blocks, generator=g).tolist()
+        n_skip, n_reuse = round(skip * blocks), round(reuse * blocks)
+        for j, i in enumerate(order):
+            if j < n_skip:
+                table[(s, i)] = (SKIP, 1.0)
+            elif j < n_skip + n_reuse:
+                table[(s, i)] = (REUSE, 1.0)
+            else:
+                table[(s, i)] = (RUN, widths[(s * blocks + i) % len(widths)])
+    return lambda step, block: table.get((step, block), (RUN, 1.0))
+
+
+def _setup(size: BenchSize, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    distinct = [randomize_(RefDoubleBlock(size.dim, size.heads), 0.02, g).to(device, dtype) for _ in range(size.distinct)]
+    blocks = [distinct[i % size.distinct] for i in range(size.blocks)]
+    routers = RouterSet(RouterConfig(size.dim), [f"double_blocks.{i}" for i in range(size.blocks)])
+    routers = routers.init_full_capacity(generator=g).to(device)
+    x = [torch.randn(1, n, size.dim, generator=g).to(device, dtype) for n in (size.img_tokens, size.txt_tokens, 0)]
+    vec = torch.randn(1, size.dim, generator=g).to(device, dtype)
+    return blocks, routers, x[0], x[1], vec
+
+
+def bench_router(blocks, routers, img, txt, vec, device, repeats) -> dict:
+    blk, router = blocks[0], routers[0]
+    t_block = _timer(device, lambda: blk(img, txt, vec), repeats)
+    t_router = _timer(device, lambda: router([txt, img], vec), repeats * 3)
+    return {"block_s": t_block, "router_s": t_router, "fraction": t_router / t_block, "target": 0.01}
+
+
+def bench_widths(blocks, img, vec, device, repeats) -> dict:
+    import torch.nn.functional as F
+    blk = blocks[0]
+    x = F.layer_norm(img, img.shape[-1:])
+    full = _timer(device, lambda: blk.mlp("img", x, 1.0), repeats * 2)
+    rows = {}
+    for s in (0.25, 0.5, 0.75):
+        t = _timer(device, lambda: blk.mlp("img", x, s), repeats * 2)
+        rows[str(s)] = {"seconds": t, "relative": t / full, "target": s + 0.05}
+    return {"full_s": full, "widths": rows}
+
+
+def bench_stack(size: BenchSize, blocks, routers, img, txt, vec, device) -> dict:
+    specs = [b.spec(n) for b, n in zip(blocks, routers.block_names)]
+    cfg = ElasticConfig(cache_start=0.0, max_reuse=10)
+    fns = [double_run_fn(b, vec) for b in blocks]
+    records = []
+
+    def dense():
+        for _ in range(size.steps):
+            plain_stack(blocks, img, txt, vec)
+
+    def elastic():
+        run = ElasticRun(routers, specs, cfg, size.steps, plan=plan_for(size.steps, size.blocks))
+        for s in range(size.steps):
+            run.begin_step(s)
+            run_stack(run, fns, {"img": img, "txt": txt}, vec)
+        records.append(run.finish())
+
+    t_dense = _timer(device, dense, size.repeats)
+    t_elastic = _timer(device, elastic, size.repeats)
+    rec = records[-1]
+    t = rec.totals()
+    f = rec.flops
+    ideal = (f["dense_attn"] + f["dense_mlp"]) / (f["exec_attn"] + f["exec_mlp"] + f["router"])
+    measured = t_dense / t_elastic
+    return {"dense_s": t_dense, "elastic_s": t_elastic, "measured_speedup": measured, "ideal_speedup": ideal,
+            "efficiency": measured / ideal, "target": 0.9, "skipped": t["skipped"], "reused": t["reused"],
+            "mean_width": t["mean_width"], "executed_fraction": t["executed_fraction"],
+            "cache_bytes_peak": t["cache_bytes_peak"]}
+
+
+def run_core_bench(size_name: str | None = None, device: str | None = None) -> dict:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size_name = size_name or ("gpu" if dev.type == "cuda" else "cpu")
+    size = SIZES[size_name]
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    blocks, routers, img, txt, vec = _setup(size, dev, dtype)
+    with torch.inference_mode():
+        result = {
+            "bench": "core", "size": size_name, "shape": size.__dict__, "dtype": str(dtype),
+            "machine": machine_info(dev),
+            "router": bench_router(blocks, routers, img, txt, vec, dev, size.repeats),
+            "mlp_width": bench_widths(blocks, img, vec, dev, size.repeats),
+            "stack": bench_stack(size, blocks, routers, img, txt, vec, dev),
+        }
+    return result
+
+
+def format_core(r: dict) -> str:
+    m, sh = r["machine"], r["shape"]
+    ok = lambda good: "ok" if good else "MISSED"  # noqa: E731
+    lines = [f"machine: {m['processor']}, {m['cpu_count']} cpus, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"device {m.get('gpu', m['device'])}, {r['dtype']}",
+             f"block: D={sh['dim']}, heads={sh['heads']}, tokens {sh['img_tokens']} img + {sh['txt_tokens']} txt",
+             "", f"{'measure':44} {'value':>10} {'target':>10}  result"]
+    ro = r["router"]
+    lines.append(f"{'(a) router time / block time':44} {ro['fraction']:>10.2%} {'<= 1%':>10}  {ok(ro['fraction'] <= 0.01)}")
+    for s, w in r["mlp_width"]["widths"].items():
+        lines.append(f"{'(b) MLP time at width ' + s + ' / full':44} {w['relative']:>10.3f} "
+                     f"{'<= ' + format(w['target'], '.2f'):>10}  {ok(w['relative'] <= w['target'])}")
+    st = r["stack"]
+    lines.append(f"{'(c) wall speedup / FLOP-ideal speedup':44} {st['efficiency']:>10.3f} {'>= 0.9':>10}  "
+                 f"{ok(st['efficiency'] >= 0.9)}")
+    lines.append(f"    plan: skipped {st['skipped']:.0%}, reused {st['reused']:.0%}, mean width {st['mean_width']:.2f}; "
+                 f"ideal {st['ideal_speedup']:.2f}x, measured {st['measured_speedup']:.2f}x "
+                 f"(dense {st['dense_s']:.2f} s, elastic {st['elastic_s']:.2f} s), "
+                 f"cache peak {st['cache_bytes_peak'] / 2**20:.1f} MiB")
+    return "\n".join(lines)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure router cost, width slicing and stack speedup; prints a table, writes JSON")
+    p.add_argument("--size", choices=sorted(SIZES), default=None,
+                   help="problem size (default: 'gpu' when CUDA is available, else 'cpu')")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--out", default="bench-results/core.json", help="where to write the JSON result")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> int:
+    result = run_core_bench(args.size, args.device)
+    print(format_core(result))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {args.out}")
+    return 0

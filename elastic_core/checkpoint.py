@@ -1,0 +1,437 @@
+"""Router checkpoint IO: our safetensors format, and import of the authors' released E-DiT file.
+
+Our format is a small safetensors file: tensors `routers.{i}.<Router state_dict key>` (exactly the
+RouterSet's state_dict) and str->str metadata carrying a format name and version, the family, the
+blocks, the router shape, the inference defaults, the training targets and the provenance.
+
+The authors' release is ONE full Qwen-Image DiT state dict (~40 GB) with the routers under
+`[prefix]gate_mlps.{i}.`; only those tensors are read, one at a time.
+
+Every file is checked from its header (parsed here, so errors are clear) before any tensor is read,
+and every error names the file, what was wrong and what was expected: a bad download or a wrong file
+fails when it is loaded, never halfway through sampling.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field, fields
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .config import WIDTHS, ElasticConfig, RouterConfig
+from .router import Router, RouterSet
+
+FORMAT = "elastic-dit-router"
+FORMAT_VERSION = "1"
+SUPPORTED_VERSIONS = ("1",)
+PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+# The released code's behaviour: band [0.5, 0.515], K = 10, caching from step 15 of 30.
+RELEASED_DEFAULTS = {"tau": 0.5, "delta": 0.015, "max_reuse": 10, "cache_start": 0.5, "cache_end": 1.0}
+
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_GENERIC_FORMATS = ("pt", "np", "tf", "flax", "mlx")  # tags torch/transformers write; not a router format
+_MAX_HEADER = 100 * 2**20  # safetensors' own header limit
+_RELEASED_KEY = re.compile(r"^((?:[^.]+\.)*?)gate_mlps\.(\d+)\.(.+)$")  # prefix, block index, sub-key
+_PICKLE = ("pickle files are not loaded because they can run code when opened; "
+           "convert it to .safetensors and load that")
+_PLAIN = (f"holds no E-DiT routers; it is a plain model file (no 'gate_mlps.' keys and no {FORMAT!r} "
+          "metadata); expected the authors' E-DiT checkpoint or a router file made by 'elastic-dit convert'")
+
+
+class CheckpointError(ValueError):
+    """A router file that cannot be used; the message names the file, the fault and the expectation."""
+
+
+def _err(path: str, msg: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {msg}")
+
+
+@dataclass(frozen=True)
+class RouterMeta:
+    family: str  # "qwen_image", "flux", ...
+    block_names: tuple[str, ...]
+    router: RouterConfig  # dim, cond_dim, hidden, widths, activation
+    defaults: dict = field(default_factory=dict)  # ElasticConfig fields to sample with (tau, delta, ...)
+    rho_g: float | None = None  # training target of the mean gate probability
+    rho_w: float | None = None  # training target of the mean width ratio
+    provenance: dict = field(default_factory=dict)  # str -> str: source, converter/trainer, date, notes
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "block_names", tuple(self.block_names))
+        set_(self, "defaults", dict(self.defaults))
+        set_(self, "provenance", {str(k): str(v) for k, v in self.provenance.items()})
+        for name in ("rho_g", "rho_w"):
+            if getattr(self, name) is not None:
+                set_(self, name, float(getattr(self, name)))
+        unknown = set(self.defaults) - {f.name for f in fields(ElasticConfig)}
+        if unknown:
+            raise ValueError(f"defaults has keys {sorted(unknown)} that are not ElasticConfig fields")
+        self.elastic_config()  # values are checked by ElasticConfig itself
+
+    @property
+    def dim(self) -> int:
+        return self.router.dim
+
+    @property
+    def cond_dim(self) -> int:
+        return self.router.cond
+
+    def elastic_config(self) -> ElasticConfig:
+        return ElasticConfig(**self.defaults)
+
+    @classmethod
+    def for_routers(cls, routers: RouterSet, family: str, **kw) -> "RouterMeta":
+        return cls(family, routers.block_names, routers.config, **kw)
+
+
+@dataclass(frozen=True)
+class RouterCheckpoint:
+    routers: RouterSet
+    meta: RouterMeta
+    path: str
+
+
+# -- the safetensors header, parsed by hand so that every fault gets a clear message --------------
+
+@dataclass(frozen=True)
+class _Header:
+    tensors: dict  # key -> {"dtype": str, "shape": [int], "data_offsets": [begin, end]}
+    metadata: dict  # str -> str
+
+
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        what = "is not a file" if os.path.exists(path) else "file not found"
+        raise _err(path, f"{what}; expected a .safetensors router file or E-DiT checkpoint")
+    if path.lower().endswith(PICKLE_EXTENSIONS):
+        raise _err(path, f"has a pickle extension; {_PICKLE}")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # A safetensors header length can itself start with 0x80 (1 in 256 files): a length that fits and
+    # a JSON object behind it mean safetensors, whatever the first byte.
+    fits = len(head) == 9 and head[8:] == b"{" and struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8
+    if not fits and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save zip / raw pickle
+        raise _err(path, f"is a pickle (torch.save) file despite its name, not safetensors; {_PICKLE}")
+
+
+def _check_entry(path: str, key: str, e) -> None:
+    ok = (isinstance(e, dict) and isinstance(e.get("dtype"), str) and isinstance(e.get("shape"), list)
+          and all(isinstance(s, int) and s >= 0 for s in e["shape"])
+          and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+          and all(isinstance(o, int) for o in e["data_offsets"]) and 0 <= e["data_offsets"][0] <= e["data_offsets"][1])
+    if not ok:
+        raise _err(path, f"corrupt safetensors header: entry {key!r} is malformed; expected dtype, shape and data_offsets")
+
+
+def read_header(path: str) -> _Header:
+    """Parse and check the header: 8-byte little-endian length, JSON, data within the file."""
+    path = os.fspath(path)
+    _check_file(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise _err(path, f"not a safetensors file: {size} bytes, too short for the 8-byte header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8 or n > _MAX_HEADER:
+            raise _err(path, f"not a safetensors file or corrupt header: header length {n} bytes is larger than "
+                             f"the file ({size} bytes); expected a safetensors header")
+        text = f.read(n)
+    try:
+        header = json.loads(text)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise _err(path, f"not a safetensors file or corrupt header: the header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _err(path, "corrupt safetensors header: expected a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _err(path, "corrupt safetensors header: __metadata__ must map strings to strings")
+    for key, entry in header.items():
+        _check_entry(path, key, entry)
+    data = size - 8 - n
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if end > data:
+        raise _err(path, f"truncated: tensor data ends at byte {end} but the file holds only {data} bytes of data; "
+                         "expected the complete file (the download or copy was cut short)")
+    return _Header(header, metadata)
+
+
+# -- checks shared by both layouts ----------------------------------------------------------------
+
+_SUBKEYS = tuple(Router(RouterConfig(dim=1, hidden=1)).state_dict())  # img_mod.1.weight, ..., width_head.bias
+
+
+def _expected_shapes(config: RouterConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, no init
+        return {k: tuple(v.shape) for k, v in Router(config).state_dict().items()}
+
+
+def _listing(items: list[str], most: int = 4) -> str:
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
+def _check_keys(path: str, found: dict, want: dict[str, str]) -> None:
+    """found: header entries of the router keys present; want: key -> name of its block."""
+    missing = [f"{k!r} (block {b!r})" for k, b in want.items() if k not in found]
+    if missing:
+        raise _err(path, f"missing router tensor(s) {_listing(missing)}; expected {', '.join(_SUBKEYS)} for every block")
+    unexpected = sorted(repr(k) for k in set(found) - set(want))
+    if unexpected:
+        raise _err(path, f"unexpected key(s) {_listing(unexpected)}; expected only the router tensors of "
+                         f"{len(set(want.values()))} blocks")
+    for k in want:
+        if found[k]["dtype"] not in _FLOAT_DTYPES:
+            raise _err(path, f"tensor {k!r} has non-float dtype {found[k]['dtype']}; expected one of {', '.join(_FLOAT_DTYPES)}")
+
+
+def _check_width_rows(path: str, found: dict, keys: list[str], widths: tuple[float, ...]) -> None:
+    for k in keys:
+        rows = (found[k]["shape"] or [0])[0]
+        if rows != len(widths):
+            raise _err(path, f"widths count mismatch: {k!r} has {rows} rows but the router has {len(widths)} "
+                             f"widths {list(widths)}; expected one width_head row per width")
+
+
+def _check_shapes(path: str, found: dict, want: dict[str, tuple[int, ...]]) -> None:
+    for k, shape in want.items():
+        if tuple(found[k]["shape"]) != shape:
+            raise _err(path, f"tensor {k!r} has wrong shape {found[k]['shape']}; expected {list(shape)}")
+
+
+def _read(path: str, keys: dict[str, str], device) -> dict[str, Tensor]:
+    """Read only `keys` (file key -> RouterSet key), one tensor at a time; refuse NaN / Inf."""
+    state = {}
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            for fkey, skey in keys.items():
+                state[skey] = f.get_tensor(fkey)
+    except Exception as e:  # safetensors' own errors (bad offsets, sizes): keep the file name in front
+        raise _err(path, f"could not read router tensors: {e}") from e
+    for fkey, skey in keys.items():
+        if not torch.isfinite(state[skey]).all():
+            raise _err(path, f"tensor {fkey!r} holds NaN or Inf; expected finite router weights "
+                             "(the file is damaged or training diverged)")
+    return state
+
+
+def _build(config: RouterConfig, names: tuple[str, ...], state: dict[str, Tensor]) -> RouterSet:
+    with torch.device("meta"):  # released routers are ~3 GB: no random init, no second copy
+        routers = RouterSet(config, names)
+    routers.load_state_dict(state, assign=True)  # the file's tensors as they are: dtype and device kept
+    return routers
+
+
+def _finish(path, h: _Header, meta: RouterMeta, fkey, device) -> RouterCheckpoint:
+    """Shape checks, then the read. fkey(i, sub) -> the file's key of block i's router tensor sub."""
+    n, shapes = len(meta.block_names), _expected_shapes(meta.router)
+    _check_width_rows(path, h.tensors, [fkey(i, "width_head.weight") for i in range(n)], meta.router.widths)
+    _check_shapes(path, h.tensors, {fkey(i, s): shape for i in range(n) for s, shape in shapes.items()})
+    state = _read(path, {fkey(i, s): f"routers.{i}.{s}" for i in range(n) for s in _SUBKEYS}, device)
+    return RouterCheckpoint(_build(meta.router, meta.block_names, state), meta, path)
+
+
+# -- our format -----------------------------------------------------------------------------------
+
+def _encode(routers: RouterSet, meta: RouterMeta) -> tuple[dict[str, Tensor], dict[str, str]]:
+    if meta.block_names != routers.block_names or meta.router != routers.config:
+        raise ValueError("meta.block_names and meta.router must match the routers' block_names and config")
+    c = meta.router
+    # Kept in the routers' own float dtype (float32 unless they were cast); safetensors wants contiguous.
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in routers.state_dict().items()}
+    blocks = [{"name": n, "dim": c.dim, "cond_dim": c.cond} for n in meta.block_names]
+    metadata = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "family": meta.family,
+        "blocks": json.dumps(blocks), "router_hidden": str(c.hidden), "widths": json.dumps(list(c.widths)),
+        "activation": c.activation, "ln_eps": repr(c.ln_eps), "defaults": json.dumps(meta.defaults),
+        "targets": json.dumps({"rho_g": meta.rho_g, "rho_w": meta.rho_w}),
+        "provenance": json.dumps(meta.provenance),
+    }
+    return tensors, metadata
+
+
+def save_routers(path, routers: RouterSet, meta: RouterMeta) -> None:
+    """Write routers in our format; written to a side file first so a crash never leaves half a file."""
+    path = os.fspath(path)
+    tensors, metadata = _encode(routers, meta)
+    tmp = path + ".partial"
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _meta_field(path: str, md: dict, key: str, kind: type | None = None):
+    if key not in md:
+        raise _err(path, f"missing metadata key {key!r}; expected it in a {FORMAT} file")
+    if kind is None:
+        return md[key]
+    try:
+        value = json.loads(md[key])
+    except ValueError as e:
+        raise _err(path, f"metadata {key!r} does not parse as JSON ({e}); expected a JSON {kind.__name__}") from None
+    if not isinstance(value, kind):
+        raise _err(path, f"metadata {key!r} is a JSON {type(value).__name__}; expected a JSON {kind.__name__}")
+    return value
+
+
+def _parse_blocks(path: str, blocks: list) -> tuple[tuple[str, ...], int, int]:
+    """-> block names, dim, cond_dim; every block must have the same router dims."""
+    if not blocks:
+        raise _err(path, "metadata 'blocks' is empty; expected one entry per block")
+    if not all(isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("dim"), int)
+               and isinstance(b.get("cond_dim"), int) for b in blocks):
+        raise _err(path, 'metadata \'blocks\' is malformed; expected a list of {"name", "dim", "cond_dim"}')
+    first = blocks[0]
+    for b in blocks[1:]:
+        if (b["dim"], b["cond_dim"]) != (first["dim"], first["cond_dim"]):
+            raise _err(path, f"routers of different dims across blocks: {first['name']!r} has dim {first['dim']} "
+                             f"cond_dim {first['cond_dim']}, {b['name']!r} has dim {b['dim']} cond_dim {b['cond_dim']}; "
+                             "expected one router shape for all blocks")
+    names = tuple(b["name"] for b in blocks)
+    if len(set(names)) != len(names):
+        raise _err(path, "metadata 'blocks' repeats a block name; expected unique names")
+    return names, first["dim"], first["cond_dim"]
+
+
+def _parse_meta(path: str, md: dict) -> RouterMeta:
+    version = md.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise _err(path, f"unsupported format_version {version!r}; this elastic-dit reads {FORMAT} "
+                         f"format_version {', '.join(SUPPORTED_VERSIONS)}")
+    family, activation = _meta_field(path, md, "family"), _meta_field(path, md, "activation")
+    hidden, ln_eps = _meta_field(path, md, "router_hidden"), md.get("ln_eps", "1e-06")
+    names, dim, cond = _parse_blocks(path, _meta_field(path, md, "blocks", list))
+    widths = _meta_field(path, md, "widths", list)
+    defaults, targets = _meta_field(path, md, "defaults", dict), _meta_field(path, md, "targets", dict)
+    provenance = _meta_field(path, md, "provenance", dict)
+    try:
+        config = RouterConfig(dim=dim, cond_dim=None if cond == dim else cond, hidden=int(hidden),
+                              widths=tuple(widths), activation=activation, ln_eps=float(ln_eps))
+        return RouterMeta(family, names, config, defaults, targets.get("rho_g"), targets.get("rho_w"), provenance)
+    except (TypeError, ValueError) as e:
+        raise _err(path, f"invalid metadata: {e}") from None
+
+
+def _load_ours(path: str, h: _Header, device) -> RouterCheckpoint:
+    meta = _parse_meta(path, h.metadata)
+    want = {f"routers.{i}.{s}": name for i, name in enumerate(meta.block_names) for s in _SUBKEYS}
+    _check_keys(path, h.tensors, want)  # every tensor in our file must be a router tensor
+    return _finish(path, h, meta, lambda i, s: f"routers.{i}.{s}", device)
+
+
+# -- the authors' released layout -----------------------------------------------------------------
+
+def _released_groups(path: str, h: _Header) -> tuple[str, int, dict]:
+    """-> key prefix, block count, header entries of the `gate_mlps.` keys (backbone keys ignored)."""
+    found, prefixes, indices = {}, set(), set()
+    for key, entry in h.tensors.items():
+        m = _RELEASED_KEY.match(key)
+        if m:
+            found[key] = entry
+            prefixes.add(m[1])
+            indices.add(int(m[2]))
+    if not found:
+        raise _err(path, _PLAIN)
+    if len(prefixes) > 1:
+        raise _err(path, f"'gate_mlps.' keys under several prefixes {sorted(prefixes)}; expected one")
+    n = max(indices) + 1
+    gaps = sorted(set(range(n)) - indices)
+    if gaps:
+        raise _err(path, f"router indices have gaps: gate_mlps {gaps} missing among 0..{n - 1}; "
+                         "expected indices 0..N-1 without gaps")
+    return prefixes.pop(), n, found
+
+
+def _released_config(path: str, found: dict, fkey, names: tuple[str, ...]) -> RouterConfig:
+    """Router dims read from the shapes: D and H from out.0.weight [H, D], C from img_mod.1.weight [3D, C]."""
+    for key in (fkey(i, s) for i in range(len(names)) for s in ("out.0.weight", "img_mod.1.weight")):
+        if len(found[key]["shape"]) != 2:
+            raise _err(path, f"tensor {key!r} has wrong shape {found[key]['shape']}; expected a 2-D weight")
+    trunk, mod = [[found[fkey(i, s)]["shape"] for i in range(len(names))] for s in ("out.0.weight", "img_mod.1.weight")]
+    dims = [(t[1], m[1], t[0]) for t, m in zip(trunk, mod)]  # D, C, H per block
+    for name, d in zip(names, dims):
+        if d != dims[0]:
+            raise _err(path, f"routers of different dims across blocks: {names[0]!r} has dim/cond_dim/hidden "
+                             f"{dims[0]}, {name!r} has {d}; expected one router shape for all blocks")
+    d, c, hidden = dims[0]
+    return RouterConfig(dim=d, cond_dim=None if c == d else c, hidden=hidden, widths=WIDTHS, activation="relu")
+
+
+def _load_released(path: str, h: _Header, device) -> RouterCheckpoint:
+    prefix, n, found = _released_groups(path, h)
+    names = tuple(f"transformer_blocks.{i}" for i in range(n))
+
+    def fkey(i: int, sub: str) -> str:
+        return f"{prefix}gate_mlps.{i}.{sub}"
+
+    _check_keys(path, found, {fkey(i, s): names[i] for i in range(n) for s in _SUBKEYS})
+    config = _released_config(path, found, fkey, names)
+    provenance = {"source": os.path.basename(path), "converter": "elastic_core.checkpoint.import_released",
+                  "date": datetime.date.today().isoformat(),
+                  "notes": "authors' released Qwen-Image E-DiT routers (gate_mlps); rho targets not published with the file"}
+    meta = RouterMeta("qwen_image", names, config, RELEASED_DEFAULTS, provenance=provenance)
+    return _finish(path, h, meta, fkey, device)
+
+
+def import_released(path, device="cpu") -> RouterCheckpoint:
+    """The routers of the authors' full-DiT file; reads only the `gate_mlps.` tensors."""
+    path = os.fspath(path)
+    h = read_header(path)
+    if h.metadata.get("format") == FORMAT:
+        raise _err(path, f"is already a {FORMAT} file; expected the authors' E-DiT checkpoint (use load_routers)")
+    return _load_released(path, h, device)
+
+
+def has_released_routers(path) -> bool:
+    """Cheap header-only check (for file lists): does this safetensors file carry `gate_mlps.` routers?"""
+    try:
+        h = read_header(path)
+    except CheckpointError:
+        return False
+    return any(_RELEASED_KEY.match(k) for k in h.tensors)
+
+
+def load_routers(path, device="cpu") -> RouterCheckpoint:
+    """Our format (by its metadata) or the authors' released file (by its `gate_mlps.` keys)."""
+    path = os.fspath(path)
+    h = read_header(path)
+    fmt = h.metadata.get("format")
+    if fmt == FORMAT:
+        return _load_ours(path, h, device)
+    if any(_RELEASED_KEY.match(k) for k in h.tensors):
+        return _load_released(path, h, device)
+    if fmt is not None and fmt not in _GENERIC_FORMATS:
+        raise _err(path, f"unknown format {fmt!r}; expected {FORMAT!r} (format_version "
+                         f"{', '.join(SUPPORTED_VERSIONS)}) or the authors' E-DiT checkpoint")
+    raise _err(path, _PLAIN)
+
+
+# -- summary --------------------------------------------------------------------------------------
+
+def describe(ckpt: RouterCheckpoint) -> dict:
+    """JSON-ready summary; per block the router's leaning at zero input (biases only)."""
+    m, routers, c = ckpt.meta, ckpt.routers, ckpt.meta.router
+    bias = routers.gate_bias().float().cpu()  # [N]
+    # argmax of the width bias, computed on CPU (RouterSet.width_preference indexes a CPU tensor)
+    width_idx = torch.stack([r.width_head.bias.detach().float().cpu() for r in routers.routers]).argmax(-1)  # [N]
+    per_block = [{"index": i, "name": name, "gate_bias": float(b), "p_open": float(torch.sigmoid(b)),
+                  "preferred_width": c.widths[int(w)]}
+                 for i, (name, b, w) in enumerate(zip(m.block_names, bias, width_idx))]
+    return {
+        "path": ckpt.path, "family": m.family, "blocks": len(routers), "block_names": list(m.block_names),
+        "dim": m.dim, "cond_dim": m.cond_dim, "hidden": c.hidden, "widths": list(c.widths),
+        "activation": c.activation, "dtype": str(routers.routers[0].out[0].weight.dtype).removeprefix("torch."),
+        "defaults": dict(m.defaults), "targets": {"rho_g": m.rho_g, "rho_w": m.rho_w},
+        "provenance": dict(m.provenance), "per_block": per_block,
+    }

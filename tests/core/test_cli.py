@@ -1,0 +1,83 @@
+"""The `elastic-dit` CLI: inspect, convert, error handling, and the bench registration point."""
+import json
+import sys
+import types
+
+import torch
+
+from elastic_core.checkpoint import describe, import_released, load_routers
+from elastic_core.cli import main
+
+from .test_checkpoint import N, write_ours, write_released
+
+
+def test_inspect_text(tmp_path, capsys):
+    path = write_ours(tmp_path / "r.safetensors")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    for word in ("family      flux", "blocks      3", "dim 32", "router hidden 8", "0.25, 0.5, 0.75, 1",
+                 "tau 0.4", "rho_g 0.6", "trainer test", "gate bias", "p_open", "double_blocks.2"):
+        assert word in out, word
+    assert len([ln for ln in out.splitlines() if "double_blocks." in ln]) == N
+
+
+def test_inspect_json(tmp_path, capsys):
+    path = write_ours(tmp_path / "r.safetensors")
+    assert main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == json.loads(json.dumps(describe(load_routers(path))))
+    assert info["blocks"] == N and len(info["per_block"]) == N
+
+
+def test_convert_then_inspect(tmp_path, capsys):
+    src = write_released(tmp_path / "model.safetensors", prefix="model.diffusion_model.")
+    out = tmp_path / "routers.safetensors"
+    assert main(["convert", str(src), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "routers.safetensors" in printed and f"{N} routers" in printed
+    got, want = load_routers(out), import_released(src)
+    assert got.meta == want.meta
+    for k, v in want.routers.state_dict().items():
+        assert torch.equal(got.routers.state_dict()[k], v), k
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "qwen_image" in text and "transformer_blocks.2" in text and "source model.safetensors" in text
+
+
+def test_convert_refuses_overwrite_and_same_file(tmp_path, capsys):
+    src = write_released(tmp_path / "model.safetensors")
+    out = tmp_path / "routers.safetensors"
+    out.write_bytes(b"keep me")
+    assert main(["convert", str(src), str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["convert", str(src), str(out), "--force"]) == 0
+    assert load_routers(out).meta.family == "qwen_image"
+    assert main(["convert", str(src), str(src), "--force"]) == 2
+    assert "input file" in capsys.readouterr().err
+
+
+def test_bad_file_exit_2_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_text("not a tensor file at all")
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.safetensors" in err and "Traceback" not in err
+    plain = write_released(tmp_path / "plain.safetensors", edit=lambda t: {k: v for k, v in t.items() if "gate" not in k})
+    assert main(["convert", str(plain), str(tmp_path / "o.safetensors")]) == 2
+    assert "plain model file" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "inspect" in capsys.readouterr().err
+
+
+def test_bench_registration_point(monkeypatch, capsys):
+    def add_parser(sub):
+        p = sub.add_parser("bench")
+        p.add_argument("--steps", type=int, default=1)
+        p.set_defaults(func=lambda args: print(f"bench {args.steps}") or 7)
+    monkeypatch.setitem(sys.modules, "elastic_core.bench", types.SimpleNamespace(add_parser=add_parser))
+    assert main(["bench", "--steps", "4"]) == 7
+    assert capsys.readouterr().out.strip() == "bench 4"
