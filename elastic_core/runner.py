@@ -54,9 +54,11 @@ class ElasticRun:
                                 num_steps=num_steps, meta=dict(meta or {}))
         self._t0 = time.perf_counter()
 
-    def begin_step(self, step: int, sigma: float | None = None) -> None:
+    def begin_step(self, step: int, sigma: float | None = None, caching: bool | None = None) -> None:
+        """caching: whether this step lies in the cache window, when the host decides it (ComfyUI
+        counts the window on the noise schedule); None uses the config's step fraction."""
         self.step = step
-        self.caching = self.config.caching_at(step, self.num_steps)
+        self.caching = self.config.caching_at(step, self.num_steps) if caching is None else (caching and self.config.cache)
         self.record.steps[step] = sigma
 
     def finish(self) -> RunRecord:

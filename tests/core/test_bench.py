@@ -3,16 +3,15 @@ import json
 import math
 
 from elastic_core.bench import SIZES, format_core, plan_for, run_core_bench
-from elastic_core.stats import REUSE, RUN, SKIP
+from elastic_core.stats import REUSE, SKIP
 
 
 def test_plan_shares_match_request():
-    plan = plan_for(steps=11, blocks=20)
-    acts = [plan(s, i)[0] for s in range(1, 11) for i in range(20)]
+    plan = plan_for(steps=10, blocks=20)
+    acts = [plan(s, i)[0] for s in range(10) for i in range(20)]
     assert acts.count(SKIP) == 80 and acts.count(REUSE) == 30
-    widths = [plan(s, i)[1] for s in range(1, 11) for i in range(20) if plan(s, i)[0] == RUN]
-    assert abs(sum(widths) / len(widths) - 0.6) < 0.05
-    assert all(plan(0, i) == (RUN, 1.0) for i in range(20))
+    widths = [plan(s, i)[1] for s in range(10) for i in range(20) if plan(s, i)[0] != SKIP]
+    assert abs(sum(widths) / len(widths) - 0.6) < 0.01
 
 
 def test_quick_bench_reports_everything(tmp_path):

@@ -1,0 +1,15 @@
+"""ComfyUI glue: node classes, family adapters, the model patch. The only place that imports ComfyUI."""
+from .apply_node import ElasticDiTApply
+from .files import register_folder
+from .loader_node import ElasticDiTRouterLoader
+
+register_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "ElasticDiTRouterLoader": ElasticDiTRouterLoader,
+    "ElasticDiTApply": ElasticDiTApply,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ElasticDiTRouterLoader": "Load Elastic Router",
+    "ElasticDiTApply": "Apply Elastic DiT",
+}

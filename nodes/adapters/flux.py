@@ -1,0 +1,81 @@
+"""Flux.1 (and Kontext): 19 double blocks + 38 single blocks on Flux-dev.
+
+Router input: [txt; img] tokens of a double block's input, the joint tokens of a single block's;
+conditioning: `vec`. Width reduction: both MLPs of a double block, the fused projections of a single
+block (linear1 = [qkv 3D; mlp M], linear2 = [attn D; mlp M]). Flux blocks add into their inputs in
+place, so the engine hands them copies.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import comfy.ldm.flux.model
+
+from ...elastic_core.blocks import BlockSpec
+from ...elastic_core.config import RouterConfig
+from ...elastic_core.elastic_mlp import MLPLayout
+from ..twins import WidthSlot, gelu_of, in_twin, mlp_twin, out_twin
+from .base import BlockRef, FamilyAdapter
+
+
+class UnsupportedLayout(ValueError):
+    pass
+
+
+def _mlp_kind(seq: nn.Module) -> str:
+    """'gelu' for Linear -> GELU -> Linear, 'swiglu' for Linear(D, 2M) -> SiLU-gate -> Linear (Flux2)."""
+    if isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[0], nn.Linear) and isinstance(seq[2], nn.Linear):
+        if isinstance(seq[1], nn.GELU):
+            return "gelu"
+        if seq[0].out_features == 2 * seq[2].in_features:
+            return "swiglu"
+    raise UnsupportedLayout(f"MLP {type(seq).__name__} has a layout width reduction does not know")
+
+
+class FluxAdapter(FamilyAdapter):
+    family = "flux"
+    model_classes = (comfy.ldm.flux.model.Flux,)
+    inplace = True
+
+    def _dims(self, dm) -> tuple[int, int, bool]:
+        mlp = dm.double_blocks[0].img_mlp
+        gated = _mlp_kind(mlp) == "swiglu"
+        return dm.hidden_size, mlp[2].in_features, gated
+
+    def blocks(self, dm) -> list[BlockRef]:
+        d, m, gated = self._dims(dm)
+        refs = [BlockRef("double_block", i, f"double_blocks.{i}",
+                         BlockSpec(f"double_blocks.{i}", "double", d, m, gated, ("img", "txt"), "double"))
+                for i in range(len(dm.double_blocks))]
+        refs += [BlockRef("single_block", i, f"single_blocks.{i}",
+                          BlockSpec(f"single_blocks.{i}", "single", d, m, gated, ("img",), "single"))
+                 for i in range(len(dm.single_blocks))]
+        return refs
+
+    def router_config(self, dm) -> RouterConfig:
+        return RouterConfig(dim=dm.hidden_size)
+
+    def width_patches(self, dm, ref: BlockRef, slot: WidthSlot, get) -> dict[str, nn.Module]:
+        spec = ref.spec
+        if ref.hook == "double_block":
+            out = {}
+            for stream in ("img", "txt"):
+                path = f"{ref.path}.{stream}_mlp"
+                seq = get(path)
+                seq = getattr(seq, "_orig", seq)
+                act = gelu_of(seq[1]) if _mlp_kind(seq) == "gelu" else F.silu
+                out[path] = mlp_twin(seq, slot, seq[0], seq[2], act, MLPLayout(spec.mlp_hidden, gated=spec.gated))
+            return out
+        layout = MLPLayout(spec.mlp_hidden, gated=spec.gated, in_prefix=3 * spec.dim, out_prefix=spec.dim)
+        l1, l2 = f"{ref.path}.linear1", f"{ref.path}.linear2"
+        return {l1: in_twin(get(l1), slot, layout), l2: out_twin(get(l2), slot, layout)}
+
+    def streams(self, ref: BlockRef, args: dict) -> dict[str, Tensor]:
+        if ref.hook == "double_block":
+            return {"img": args["img"], "txt": args["txt"]}
+        return {"img": args["img"]}  # single blocks: joint [txt; img] tokens
+
+    def router_tokens(self, ref: BlockRef, args: dict) -> list[Tensor]:
+        return [args["txt"], args["img"]] if ref.hook == "double_block" else [args["img"]]
+

@@ -1,0 +1,83 @@
+"""Apply Elastic DiT: a MODEL that skips, reuses and narrows blocks as its routers say.
+
+Slider defaults reproduce the authors' released code for their checkpoint (tau 0.5, band 0.015,
+K 10, caching from 50 % of the schedule); `preset` switches to the file's own defaults or to one of
+the paper's Table-1 settings in one choice.
+"""
+from __future__ import annotations
+
+from ..elastic_core.checkpoint import RouterCheckpoint
+from ..elastic_core.config import PAPER_PRESETS, ElasticConfig
+from .loader_node import ROUTER_TYPE
+from .patch import CacheWindow, apply_elastic
+
+PRESETS = {
+    "sliders": None,
+    "router file defaults": "file",
+    "paper: Qwen-Image base": "qwen-image-base",
+    "paper: Qwen-Image turbo": "qwen-image-turbo",
+    "paper: FLUX.1-dev": "flux-dev",
+}
+
+
+def _f(default, lo, hi, step, tip, slider=True):
+    opts = {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip}
+    if slider:
+        opts["display"] = "slider"
+    return ("FLOAT", opts)
+
+
+class ElasticDiTApply:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A Qwen-Image, Flux.1 or Chroma model. It is cloned, never changed."}),
+                "router": (ROUTER_TYPE, {"tooltip": "Routers from Load Elastic Router, made for this model."}),
+                "tau": _f(0.5, 0.0, 1.0, 0.005, "Gate threshold: a block whose gate probability is below tau is skipped."),
+                "delta": _f(0.015, 0.0, 0.3, 0.005, "Borderline band [tau, tau + delta]: blocks in it reuse their "
+                            "cached residual instead of running."),
+                "max_reuse": ("INT", {"default": 10, "min": 0, "max": 50, "step": 1, "display": "slider",
+                                      "tooltip": "K: at most this many reuses in a row before a block must run again."}),
+                "skip_blocks": ("BOOLEAN", {"default": True, "tooltip": "Let routers skip blocks."}),
+                "adapt_width": ("BOOLEAN", {"default": True, "tooltip": "Let routers run MLPs at 1/4, 1/2 or 3/4 width."}),
+                "cache": ("BOOLEAN", {"default": True, "tooltip": "Reuse residuals of borderline blocks."}),
+                "cache_start_percent": _f(0.5, 0.0, 1.0, 0.01, "Caching starts at this point of the noise "
+                                          "schedule (0 = first step). The released code starts halfway.", False),
+                "cache_end_percent": _f(1.0, 0.0, 1.0, 0.01, "Caching stops at this point of the noise schedule.", False),
+            },
+            "optional": {
+                "preset": (list(PRESETS), {"default": "sliders", "tooltip": "Use the sliders, the router file's own "
+                                           "defaults, or the paper's Table-1 setting for a model."}),
+                "cache_device": (["auto", "cpu"], {"default": "auto", "tooltip": "Where cached residuals live: "
+                                 "with the model (fast) or in CPU memory (saves VRAM)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with elastic blocks. Sample it with any KSampler.",)
+    FUNCTION = "apply"
+    CATEGORY = "Elastic DiT"
+    DESCRIPTION = "Skips, reuses and narrows DiT blocks per sample and step, as learned routers decide."
+
+    def apply(self, model, router: RouterCheckpoint, tau, delta, max_reuse, skip_blocks, adapt_width, cache,
+              cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", unique_id=None):
+        if not isinstance(router, RouterCheckpoint):
+            raise TypeError(f"router must come from Load Elastic Router, got {type(router).__name__}")
+        if cache_start_percent > cache_end_percent:
+            raise ValueError(f"cache_start_percent ({cache_start_percent}) must not exceed "
+                             f"cache_end_percent ({cache_end_percent})")
+        config = ElasticConfig(tau=tau, delta=delta, max_reuse=max_reuse, skip=skip_blocks, width=adapt_width,
+                               cache=cache, cache_device=None if cache_device == "auto" else cache_device)
+        chosen = PRESETS.get(preset)
+        if chosen == "file":
+            config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
+                                                         cache_device=config.cache_device)
+        elif chosen is not None:
+            p = PAPER_PRESETS[chosen]
+            config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
+        window = CacheWindow(cache_start_percent, cache_end_percent)
+        if chosen == "file":
+            window = CacheWindow(config.cache_start, config.cache_end)
+        return (apply_elastic(model, router, config, window, node_id=unique_id),)

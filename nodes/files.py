@@ -1,0 +1,42 @@
+"""Where router files live: `models/elastic_routers/` (and extra_model_paths.yaml's `elastic_routers`),
+plus the authors' released full E-DiT checkpoints found among `diffusion_models`."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..elastic_core.checkpoint import PICKLE_EXTENSIONS, has_released_routers
+
+FOLDER = "elastic_routers"
+RELEASED_PREFIX = "diffusion_models/"
+_LISTED = (".safetensors", ".sft") + PICKLE_EXTENSIONS  # pickles are listed so that loading says why not
+
+
+def register_folder() -> None:
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
+
+
+def _files(folder: str) -> list[str]:
+    try:
+        names = folder_paths.get_filename_list(folder)
+    except KeyError:
+        return []
+    return [n for n in names if n.lower().endswith(_LISTED)]
+
+
+def router_names() -> list[str]:
+    """Router files, then released checkpoints (`diffusion_models/<name>`) that hold E-DiT routers."""
+    released = [RELEASED_PREFIX + n for n in _files("diffusion_models")
+                if n.lower().endswith((".safetensors", ".sft"))
+                and has_released_routers(folder_paths.get_full_path("diffusion_models", n))]
+    return _files(FOLDER) + released
+
+
+def resolve(name: str) -> str:
+    """The full path of a listed name, or a FileNotFoundError naming where it was looked for."""
+    folder, rel = ("diffusion_models", name[len(RELEASED_PREFIX):]) if name.startswith(RELEASED_PREFIX) else (FOLDER, name)
+    path = folder_paths.get_full_path(folder, rel)
+    if path is None:
+        raise FileNotFoundError(f"router file {name!r} not found in {folder_paths.get_folder_paths(folder)}")
+    return path

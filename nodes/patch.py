@@ -1,0 +1,149 @@
+"""Patch a CLONED ModelPatcher with elastic blocks, using only ComfyUI's sanctioned hooks:
+
+- per block, `patches_replace["dit"][(name, i)]`, chained onto whatever patch was there before;
+- per block, object patches that swap the MLP for a width-aware twin of itself (`twins.py`);
+- an OUTER_SAMPLE wrapper that creates the per-run state (`RunState`) for each sampling run and frees
+  it in `finally`, so a second run, a new resolution or step count, an interrupted run or a
+  KSamplerAdvanced split each start clean.
+
+The `ElasticPatch` holder deep-copies to itself: cloning the MODEL downstream shares the routers.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_patcher
+import comfy.patcher_extension
+
+from ..elastic_core.checkpoint import RouterCheckpoint
+from ..elastic_core.config import ElasticConfig
+from ..elastic_core.stats import RunRecord
+from .adapters import FamilyAdapter, adapter_for
+from .run_state import RunState
+from .twins import WidthSlot
+
+HOLDER_KEY = "elastic_dit"  # model_options["transformer_options"][HOLDER_KEY]: the ElasticPatch
+RUN_KEY = "elastic_dit_run"  # transformer_options[RUN_KEY]: the RunState of the sampling run under way
+WRAPPER_KEY = "elastic_dit"
+COMPILE_KEY = "torch.compile"  # the wrapper key ComfyUI's TorchCompileModel uses
+log = logging.getLogger("elastic_dit")
+
+
+@dataclass(frozen=True)
+class CacheWindow:
+    start_percent: float = 0.5  # of the noise schedule, as ComfyUI's EasyCache counts it
+    end_percent: float = 1.0
+
+
+class ElasticPatch:
+    """What one Apply node put on a model: adapter, routers, policy. Shared by all clones."""
+
+    def __init__(self, adapter: FamilyAdapter, refs, ckpt: RouterCheckpoint, config: ElasticConfig,
+                 window: CacheWindow, node_id: str | None = None):
+        self.adapter, self.refs, self.ckpt, self.config, self.window = adapter, refs, ckpt, config, window
+        self.routers = ckpt.routers
+        self.specs = [r.spec for r in refs]
+        self.slots = [WidthSlot() for _ in refs]
+        self.node_id = node_id
+        self.last_record: RunRecord | None = None
+
+    def __deepcopy__(self, memo):
+        return self  # clones share one holder: router weights exist once
+
+
+def _compiled(model) -> bool:
+    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
+    return COMPILE_KEY in wrappers.get(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
+
+
+def compile_error() -> RuntimeError:
+    return RuntimeError(
+        "Elastic DiT cannot run inside a whole-model torch.compile (TorchCompileModel): the compiled "
+        "graph would freeze per-step skip decisions. Remove TorchCompileModel from this model's path, "
+        "or put Elastic DiT on a model that is not compiled.")
+
+
+def _make_hook(patch: ElasticPatch, i: int, prev):
+    def hook(args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        if prev is not None:  # a patch that was here before ours runs whenever the block runs
+            inner = original
+            original = lambda a: prev(a, {**extra, "original_block": inner})  # noqa: E731
+        state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
+        if state is None or state.patch is not patch:  # not sampling under our wrapper: plain block
+            return original(args)
+        return state.block(i, args, original)
+    hook.elastic_dit_prev = prev  # lets a later Apply node replace this patch instead of stacking on it
+    return hook
+
+
+def _outer_sample(executor, *args, **kwargs):
+    guider = executor.class_obj
+    orig_options = guider.model_options
+    patch: ElasticPatch = orig_options["transformer_options"][HOLDER_KEY]
+    if _compiled(guider.model_patcher):
+        raise compile_error()
+    guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
+    state = RunState(patch, sigmas=args[3], model_sampling=guider.model_patcher.get_model_object("model_sampling"))
+    guider.model_options["transformer_options"][RUN_KEY] = state
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = orig_options
+        record = state.finish()
+        patch.last_record = record
+        log.info("Elastic DiT: %s", state.log_line(record))
+
+
+def apply_elastic(model, ckpt: RouterCheckpoint, config: ElasticConfig, window: CacheWindow,
+                  node_id: str | None = None):
+    """A clone of `model` (a ModelPatcher) running elastic blocks. `model` itself is not changed."""
+    dm = model.get_model_object("diffusion_model")
+    adapter = adapter_for(dm)
+    refs = adapter.blocks(dm)
+    check_compatible(adapter, dm, refs, ckpt)
+    if _compiled(model):
+        raise compile_error()
+    m = model.clone()
+    patch = ElasticPatch(adapter, refs, ckpt, config, window, node_id)
+    m.model_options["transformer_options"][HOLDER_KEY] = patch
+    dit = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    for i, ref in enumerate(refs):
+        prev = dit.get((ref.hook, ref.index))
+        prev = getattr(prev, "elastic_dit_prev", prev)
+        m.set_model_patch_replace(_make_hook(patch, i, prev), "dit", ref.hook, ref.index)
+        if config.width:
+            for path, twin in adapter.width_patches(dm, ref, patch.slots[i],
+                                                    lambda p: m.get_model_object(f"diffusion_model.{p}")).items():
+                m.add_object_patch(f"diffusion_model.{path}", twin)
+    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample)
+    return m
+
+
+def check_compatible(adapter: FamilyAdapter, dm, refs, ckpt: RouterCheckpoint) -> None:
+    """Routers fit this model, or a ValueError a user understands, before any sampling."""
+    meta, src = ckpt.meta, ckpt.path
+    if meta.family != adapter.family:
+        raise ValueError(f"router file {src} was made for the {meta.family!r} family, but this model is "
+                         f"{adapter.family!r}; load routers made for this model")
+    if len(ckpt.routers) != len(refs):
+        raise ValueError(f"router file {src} has {len(ckpt.routers)} routers, but this {adapter.family} model has "
+                         f"{len(refs)} blocks; the file was made for a model of another depth")
+    want = adapter.router_config(dm)
+    if (meta.router.dim, meta.router.cond) != (want.dim, want.cond):
+        raise ValueError(f"router file {src} reads width {meta.router.dim} (conditioning {meta.router.cond}), "
+                         f"but this model's blocks have width {want.dim} (conditioning {want.cond})")
+    names = [r.spec.name for r in refs]
+    if list(meta.block_names) != names:
+        bad = next(i for i, (a, b) in enumerate(zip(meta.block_names, names)) if a != b)
+        raise ValueError(f"router file {src} names block {bad} {meta.block_names[bad]!r}, this model {names[bad]!r}")
+
+
+def to_device(patch: ElasticPatch, device: torch.device) -> None:
+    """Routers live on the compute device during a run and on the CPU otherwise."""
+    if next(patch.routers.parameters()).device != device:
+        patch.routers.to(device)

@@ -1,0 +1,110 @@
+"""MLP width reduction inside a ComfyUI block, through object patches only.
+
+A block's MLP (or, for Flux single blocks, its fused projections) is replaced on the CLONED model by a
+"twin": a second view of the very same module (same parameter, buffer and child dicts, so weight
+keys, LoRA patching and lowvram casting see nothing new) whose forward reads the width the router
+chose for the current call from a `WidthSlot`. With no width set, the twin calls its class's own
+forward, so results are bit-identical to the unpatched model. ModelPatcher installs twins with
+`add_object_patch` and restores the originals on unpatch; the user's MODEL is never touched.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..elastic_core.elastic_mlp import MLPLayout, elastic_mlp, project_in, project_out
+from .weights import effective_weights, provider
+
+# Attributes ModelPatcher.load() sets on a loaded module; a twin starts as an unloaded module.
+_LOAD_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
+
+
+class WidthSlot:
+    """The width ratio the current block call runs at; None = full width (original forward)."""
+
+    __slots__ = ("width",)
+
+    def __init__(self):
+        self.width: float | None = None
+
+
+class _Twin:
+    """Mixin base; `_orig` is the module this twin views (never registered as a child)."""
+
+    def _reduced(self) -> float | None:
+        w = self._slot.width
+        return None if w is None or w >= 1.0 else w
+
+
+class _MLPTwin(_Twin):
+    """A whole MLP container (Sequential / FeedForward): fc_in -> act -> fc_out at width k, compact."""
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        w = self._reduced()
+        if w is None:
+            return super().forward(x, *args, **kwargs)
+        return elastic_mlp(x, provider(self._fc_in), provider(self._fc_out), self._act, self._layout, w,
+                           fc_up=None if self._fc_up is None else provider(self._fc_up))
+
+
+class _InTwin(_Twin):
+    """A fused in-projection [prefix; mlp M]: computes prefix + k rows, padded so host splits still fit."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self._reduced()
+        if w is None:
+            return super().forward(x)
+        weight, bias = effective_weights(self, x)  # self sits at the path ModelPatcher loads
+        return project_in(x, weight, bias, self._layout, self._layout.channels(w), pad=True)
+
+
+class _OutTwin(_Twin):
+    """A fused out-projection reading [prefix; mlp M]: reads only prefix + k input channels."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        w = self._reduced()
+        if w is None:
+            return super().forward(h)
+        weight, bias = effective_weights(self, h)
+        return project_out(h, weight, bias, self._layout, self._layout.channels(w))
+
+
+@functools.lru_cache(maxsize=None)
+def _twin_class(base: type, mixin: type) -> type:
+    return type(f"Elastic{base.__name__}", (mixin, base), {"__module__": __name__})
+
+
+def _make(orig: nn.Module, mixin: type, **attrs) -> nn.Module:
+    orig = getattr(orig, "_orig", orig)  # re-applying the node twins the original, not a twin
+    twin = object.__new__(_twin_class(type(orig), mixin))
+    state = dict(orig.__dict__)
+    if "prev_comfy_cast_weights" in state:  # undo lowvram load state, as ModelPatcher would on unload
+        state["comfy_cast_weights"] = state["prev_comfy_cast_weights"]
+        state["weight_function"], state["bias_function"] = [], []
+    for k in _LOAD_STATE:
+        state.pop(k, None)
+    twin.__dict__.update(state)  # _parameters/_buffers/_modules are the SAME dict objects: one module, two views
+    twin.__dict__.update({"_orig": orig, **{f"_{k}": v for k, v in attrs.items()}})
+    return twin
+
+
+def mlp_twin(orig: nn.Module, slot: WidthSlot, fc_in: nn.Module, fc_out: nn.Module,
+             act: Callable[[Tensor], Tensor], layout: MLPLayout, fc_up: nn.Module | None = None) -> nn.Module:
+    return _make(orig, _MLPTwin, slot=slot, fc_in=fc_in, fc_out=fc_out, act=act, layout=layout, fc_up=fc_up)
+
+
+def in_twin(orig: nn.Module, slot: WidthSlot, layout: MLPLayout) -> nn.Module:
+    return _make(orig, _InTwin, slot=slot, layout=layout)
+
+
+def out_twin(orig: nn.Module, slot: WidthSlot, layout: MLPLayout) -> nn.Module:
+    return _make(orig, _OutTwin, slot=slot, layout=layout)
+
+
+def gelu_of(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The activation a GELU-type module applies (tanh approximation unless it says otherwise)."""
+    approximate = getattr(module, "approximate", "tanh")
+    return lambda x: F.gelu(x, approximate=approximate)

@@ -1,0 +1,52 @@
+"""Routers and Apply-node calls for the real-ComfyUI tests, through the pack's own modules."""
+from __future__ import annotations
+
+import torch
+
+from tests.comfy.tiny import logit
+
+APPLY_DEFAULTS = dict(tau=0.5, delta=0.015, max_reuse=10, skip_blocks=True, adapt_width=True, cache=True,
+                      cache_start_percent=0.5, cache_end_percent=1.0)
+
+
+def make_routers(pack, model, seed: int = 0):
+    """Open, full-width routers for every block of `model` (the pack's RouterCheckpoint)."""
+    ec = pack.elastic_core
+    dm = model.get_model_object("diffusion_model")
+    adapter = pack.nodes.adapters.adapter_for(dm)
+    refs = adapter.blocks(dm)
+    routers = ec.router.RouterSet(adapter.router_config(dm), [r.spec.name for r in refs])
+    routers.init_full_capacity(generator=torch.Generator().manual_seed(seed))
+    meta = ec.checkpoint.RouterMeta.for_routers(routers, adapter.family)
+    return ec.checkpoint.RouterCheckpoint(routers, meta, "test-routers")
+
+
+@torch.no_grad()
+def force(router, p=None, width_idx=None):
+    if p is not None:
+        router.out[2].weight.zero_()
+        router.out[2].bias.fill_(logit(p))
+    if width_idx is not None:
+        router.width_head.weight.zero_()
+        router.width_head.bias.fill_(-10.0)
+        router.width_head.bias[width_idx] = 10.0
+    return router
+
+
+def apply(comfy_nodes, model, ckpt, **kw):
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["ElasticDiTApply"]()
+    return node.apply(model, ckpt, **{**APPLY_DEFAULTS, **kw})[0]
+
+
+def identity_blocks(model, hooks):
+    """A clone of model whose listed (hook name, index) blocks are identity, by ComfyUI's own hook."""
+    m = model.clone()
+    for name, i in hooks:
+        def skip(args, extra, name=name):
+            return {"img": args["img"]} if name == "single_block" else {"img": args["img"], "txt": args["txt"]}
+        m.set_model_patch_replace(skip, "dit", name, i)
+    return m
+
+
+def last_record(model):
+    return model.model_options["transformer_options"]["elastic_dit"].last_record
