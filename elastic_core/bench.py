@@ -13,6 +13,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -218,11 +220,30 @@ def add_parser(sub) -> None:
     p.add_argument("--size", choices=sorted(SIZES), default=None,
                    help="problem size (default: 'gpu' when CUDA is available, else 'cpu')")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--out", default="bench-results/core.json", help="where to write the JSON result")
+    p.add_argument("--out", default=None, help="where to write the JSON result "
+                   "(default bench-results/core.json, or comfy.json with --comfy)")
+    p.add_argument("--comfy", action="store_true", help="dense vs elastic sampling on ComfyUI's own Flux and "
+                   "Qwen-Image classes (runs devtools/bench_comfy.py; needs a ComfyUI and its Python)")
+    p.add_argument("--comfyui", default=None, help="with --comfy: the ComfyUI checkout (default: as the tests find it)")
+    p.add_argument("--python", default=sys.executable, help="with --comfy: the Python that runs that ComfyUI")
     p.set_defaults(func=_cmd)
 
 
+def _comfy(args) -> int:
+    """The ComfyUI benchmark is glue, so it runs as its own program: the engine never imports ComfyUI."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "devtools", "bench_comfy.py")
+    if not os.path.isfile(script):
+        print(f"error: {script} not found; run from a checkout of the pack", file=sys.stderr)
+        return 2
+    cmd = [args.python, script, "--out", args.out or "bench-results/comfy.json"]
+    cmd += (["--comfyui", args.comfyui] if args.comfyui else []) + (["--size", args.size] if args.size else [])
+    return subprocess.call(cmd)
+
+
 def _cmd(args) -> int:
+    if args.comfy:
+        return _comfy(args)
+    args.out = args.out or "bench-results/core.json"
     result = run_core_bench(args.size, args.device)
     print(format_core(result))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

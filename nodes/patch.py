@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 import comfy.model_patcher
 import comfy.patcher_extension
 
@@ -42,8 +40,9 @@ class ElasticPatch:
     """What one Apply node put on a model: adapter, routers, policy. Shared by all clones."""
 
     def __init__(self, adapter: FamilyAdapter, refs, ckpt: RouterCheckpoint, config: ElasticConfig,
-                 window: CacheWindow, node_id: str | None = None):
+                 window: CacheWindow, node_id: str | None = None, plan=None):
         self.adapter, self.refs, self.ckpt, self.config, self.window = adapter, refs, ckpt, config, window
+        self.plan = plan  # a fixed decision plan (benchmarks); None: the routers decide
         self.routers = ckpt.routers
         self.specs = [r.spec for r in refs]
         self.slots = [WidthSlot() for _ in refs]
@@ -99,7 +98,7 @@ def _outer_sample(executor, *args, **kwargs):
 
 
 def apply_elastic(model, ckpt: RouterCheckpoint, config: ElasticConfig, window: CacheWindow,
-                  node_id: str | None = None):
+                  node_id: str | None = None, plan=None):
     """A clone of `model` (a ModelPatcher) running elastic blocks. `model` itself is not changed."""
     dm = model.get_model_object("diffusion_model")
     adapter = adapter_for(dm)
@@ -108,7 +107,7 @@ def apply_elastic(model, ckpt: RouterCheckpoint, config: ElasticConfig, window: 
     if _compiled(model):
         raise compile_error()
     m = model.clone()
-    patch = ElasticPatch(adapter, refs, ckpt, config, window, node_id)
+    patch = ElasticPatch(adapter, refs, ckpt, config, window, node_id, plan)
     m.model_options["transformer_options"][HOLDER_KEY] = patch
     dit = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for i, ref in enumerate(refs):
@@ -142,8 +141,3 @@ def check_compatible(adapter: FamilyAdapter, dm, refs, ckpt: RouterCheckpoint) -
         bad = next(i for i, (a, b) in enumerate(zip(meta.block_names, names)) if a != b)
         raise ValueError(f"router file {src} names block {bad} {meta.block_names[bad]!r}, this model {names[bad]!r}")
 
-
-def to_device(patch: ElasticPatch, device: torch.device) -> None:
-    """Routers live on the compute device during a run and on the CPU otherwise."""
-    if next(patch.routers.parameters()).device != device:
-        patch.routers.to(device)

@@ -34,7 +34,7 @@ class RunState:
         self.patch = patch
         self.sample_sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sample_sigmas) - 1, 1)
-        self.run = ElasticRun(patch.routers, patch.specs, patch.config, self.num_steps,
+        self.run = ElasticRun(patch.routers, patch.specs, patch.config, self.num_steps, plan=patch.plan,
                               meta={"family": patch.adapter.family, "node_id": patch.node_id,
                                     "routers": patch.ckpt.path})
         self.start_sigma = float(model_sampling.percent_to_sigma(patch.window.start_percent))

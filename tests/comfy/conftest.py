@@ -1,7 +1,7 @@
 """Real-ComfyUI tests: skipped, with the reason printed, where no ComfyUI is found."""
 import pytest
 
-from tests.comfy.comfy_env import boot, find_comfyui, version
+from devtools.comfy_boot import boot, find_comfyui, version
 
 COMFY_PATH, HOW = find_comfyui()
 
@@ -17,4 +17,8 @@ def comfy():
     """(ComfyUI's nodes module, this pack's module) on a real ComfyUI, or a skip with the reason."""
     if COMFY_PATH is None:
         pytest.skip(HOW)
-    return boot(COMFY_PATH)
+    try:
+        return boot(COMFY_PATH)
+    except ImportError as e:
+        pytest.skip(f"ComfyUI at {COMFY_PATH} cannot be imported by this Python ({e}); "
+                    "install its requirements.txt, or run .ci/comfy-tests")

@@ -3,22 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from tests.comfy.tiny import logit
+from devtools.tiny_models import logit, make_routers  # noqa: F401
 
 APPLY_DEFAULTS = dict(tau=0.5, delta=0.015, max_reuse=10, skip_blocks=True, adapt_width=True, cache=True,
                       cache_start_percent=0.5, cache_end_percent=1.0)
-
-
-def make_routers(pack, model, seed: int = 0):
-    """Open, full-width routers for every block of `model` (the pack's RouterCheckpoint)."""
-    ec = pack.elastic_core
-    dm = model.get_model_object("diffusion_model")
-    adapter = pack.nodes.adapters.adapter_for(dm)
-    refs = adapter.blocks(dm)
-    routers = ec.router.RouterSet(adapter.router_config(dm), [r.spec.name for r in refs])
-    routers.init_full_capacity(generator=torch.Generator().manual_seed(seed))
-    meta = ec.checkpoint.RouterMeta.for_routers(routers, adapter.family)
-    return ec.checkpoint.RouterCheckpoint(routers, meta, "test-routers")
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Find and boot a REAL ComfyUI for these tests, and load this pack into it the way ComfyUI does.
+"""Find and boot a REAL ComfyUI (for tests and benchmarks), and load this pack into it as ComfyUI does.
 
 Where to look: $COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this pack, ~/comfy/ComfyUI.
 """
@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 
-PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_MODULE = "comfyui_elastic_dit"
 _PACK = None
 

@@ -1,0 +1,169 @@
+"""`elastic-dit bench --comfy`: dense vs elastic sampling on ComfyUI's own Flux and Qwen-Image classes.
+
+Real hidden width (D = 3072, 24 heads); depth and tokens reduced on a CPU, full size on a GPU. Both
+models sample the same steps through comfy.sample, alternately (dense, elastic, dense, ...), with a
+fixed decision plan (~40 % of blocks skipped, ~15 % reused, mean width 0.6). Reported: wall speedup,
+the FLOP-ideal speedup from the run record, their ratio (target >= 0.9), peak memory and cache bytes.
+
+usage: python devtools/bench_comfy.py [--comfyui PATH] [--size cpu|gpu|quick] [--out FILE]
+(use the Python that runs that ComfyUI)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from devtools.comfy_boot import boot, find_comfyui, version  # noqa: E402
+
+SIZES = {  # per family: blocks and latent size (tokens = (latent / 2)^2)
+    "cpu": {"flux": dict(depth=2, single=4), "qwen": dict(layers=4), "latent": 32, "txt": 64, "steps": 6, "repeats": 2},
+    "gpu": {"flux": dict(depth=19, single=38), "qwen": dict(layers=60), "latent": 128, "txt": 512, "steps": 10,
+            "repeats": 3},
+    "quick": {"flux": dict(depth=1, single=2), "qwen": dict(layers=2), "latent": 16, "txt": 16, "steps": 4,
+              "repeats": 1, "hidden": 256},
+}
+
+
+class PeakRSS:
+    """Peak resident memory above the start, sampled every 2 ms (CPU runs)."""
+
+    def __init__(self):
+        import psutil
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def __enter__(self):
+        self.base = self.proc.memory_info().rss
+        self._t = threading.Thread(target=self._poll, daemon=True)
+        self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss - self.base)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _peak(device, fn):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t, torch.cuda.max_memory_allocated() - base
+    with PeakRSS() as m:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+    return dt, m.peak
+
+
+def build(kind, size, device, dtype):
+    """A ComfyUI model of the given family at real width with random weights."""
+    from devtools import tiny_models as tiny
+    dims = dict(size[kind])
+    hidden = size.get("hidden", 3072)
+    cfg = {"flux": tiny.flux_config, "qwen": tiny.qwen_config}[kind](**dims)
+    if kind == "flux":
+        cfg.update(hidden_size=hidden, num_heads=hidden // 128, axes_dim=[16, 56, 56], context_in_dim=64)
+    else:
+        cfg.update(attention_head_dim=128, num_attention_heads=hidden // 128, axes_dims_rope=(16, 56, 56),
+                   joint_attention_dim=64)
+    return tiny.build_from_config(kind, cfg, std=0.02, device=device, dtype=dtype)
+
+
+def bench_family(kind, size, device, dtype, pack, nodes):
+    from devtools import tiny_models as tiny
+    model = build(kind, size, device, dtype)
+    ckpt = tiny.make_routers(pack, model)
+    ckpt.routers.to(dtype)
+    n_blocks = len(ckpt.routers)
+    plan = importlib.import_module(pack.__name__ + ".elastic_core.bench").plan_for(size["steps"], n_blocks)
+    cfg = pack.elastic_core.config.ElasticConfig()
+    patched = pack.nodes.patch.apply_elastic(model, ckpt, cfg, pack.nodes.patch.CacheWindow(0.0, 1.0),
+                                             plan=plan)
+    args = dict(cfg=1.0, steps=size["steps"], size=size["latent"], tokens=size["txt"], device=device, dtype=dtype)
+    runs = {"dense": [], "elastic": []}
+    for _ in range(size["repeats"] + 1):  # the first pair warms up
+        for name, m in (("dense", model), ("elastic", patched)):
+            runs[name].append(_peak(device, lambda: tiny.sample(m, kind, **args)))
+    t = {k: statistics.median(x[0] for x in v[1:]) for k, v in runs.items()}
+    mem = {k: max(x[1] for x in v[1:]) for k, v in runs.items()}
+    rec = patched.model_options["transformer_options"][pack.nodes.patch.HOLDER_KEY].last_record
+    tot = rec.totals()
+    f = rec.flops
+    ideal = (f["dense_attn"] + f["dense_mlp"]) / (f["exec_attn"] + f["exec_mlp"] + f["router"])
+    del model, patched
+    return {"family": kind, "blocks": n_blocks, "img_tokens": (size["latent"] // 2) ** 2, "txt_tokens": size["txt"],
+            "steps": size["steps"], "dense_s": t["dense"], "elastic_s": t["elastic"],
+            "measured_speedup": t["dense"] / t["elastic"], "ideal_speedup": ideal,
+            "efficiency": t["dense"] / t["elastic"] / ideal, "skipped": tot["skipped"], "reused": tot["reused"],
+            "mean_width": tot["mean_width"], "peak_mem_dense": mem["dense"], "peak_mem_elastic": mem["elastic"],
+            "cache_bytes_peak": tot["cache_bytes_peak"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: as the tests find it)")
+    ap.add_argument("--size", choices=sorted(SIZES), default=None)
+    ap.add_argument("--out", default="bench-results/comfy.json")
+    a = ap.parse_args(argv)
+    path, how = (a.comfyui, "--comfyui") if a.comfyui else find_comfyui()
+    if path is None:
+        print(f"error: {how}", file=sys.stderr)
+        return 2
+    nodes, pack = boot(path)
+    import torch
+
+    machine_info = importlib.import_module(pack.__name__ + ".elastic_core.bench").machine_info
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size_name = a.size or ("gpu" if device.type == "cuda" else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        for kind in ("flux", "qwen"):
+            rows.append(bench_family(kind, SIZES[size_name], device, dtype, pack, nodes))
+    result = {"bench": "comfy", "comfyui": version(path), "size": size_name, "dtype": str(dtype),
+              "machine": machine_info(device), "rows": rows}
+    print(format_rows(result))
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {a.out}")
+    return 0
+
+
+def format_rows(r: dict) -> str:
+    m = r["machine"]
+    mib = 2 ** 20
+    lines = [f"ComfyUI {r['comfyui']}; machine: {m['processor']}, {m['cpu_count']} cpus, torch {m['torch']}, "
+             f"device {m.get('gpu', m['device'])}, {r['dtype']}, D = 3072 unless --size quick",
+             f"{'family':8} {'blocks':>6} {'tokens':>11} {'dense s':>8} {'elastic s':>9} {'speedup':>8} "
+             f"{'ideal':>6} {'ratio':>6} {'peak MiB dense/elastic':>23} {'cache MiB':>9}"]
+    for x in r["rows"]:
+        lines.append(f"{x['family']:8} {x['blocks']:>6} {str(x['img_tokens']) + '+' + str(x['txt_tokens']):>11} "
+                     f"{x['dense_s']:>8.2f} {x['elastic_s']:>9.2f} {x['measured_speedup']:>7.2f}x "
+                     f"{x['ideal_speedup']:>5.2f}x {x['efficiency']:>6.2f} "
+                     f"{x['peak_mem_dense'] / mib:>11.0f}/{x['peak_mem_elastic'] / mib:<11.0f} "
+                     f"{x['cache_bytes_peak'] / mib:>9.1f}")
+        lines.append(f"{'':8} plan: skipped {x['skipped']:.0%}, reused {x['reused']:.0%}, mean width "
+                     f"{x['mean_width']:.2f}; target ratio >= 0.9")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Random-weight models built from ComfyUI's own comfy.ldm classes, sampled with comfy.sample: tiny ones
+for the tests, real-width ones for the benchmark.
+
+Import only after ComfyUI was booted (devtools.comfy_boot.boot, or the tests' `comfy` fixture).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+import comfy.latent_formats
+import comfy.ldm.chroma.model
+import comfy.ldm.flux.model
+import comfy.model_base
+import comfy.model_patcher
+import comfy.sample
+import comfy.supported_models_base
+
+CPU = torch.device("cpu")
+
+
+def _with_txt_ids(params_cls, cfg: dict) -> dict:
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(params_cls)}:  # v0.8: a required field
+        cfg["txt_ids_dims"] = []
+    return cfg
+
+
+def flux_config(depth=2, single=2) -> dict:
+    return _with_txt_ids(comfy.ldm.flux.model.FluxParams, dict(
+        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=8, context_in_dim=32, hidden_size=64,
+        mlp_ratio=4.0, num_heads=2, depth=depth, depth_single_blocks=single, axes_dim=[8, 12, 12], theta=10000,
+        patch_size=2, qkv_bias=True, guidance_embed=True))
+
+
+def chroma_config(depth=2, single=2) -> dict:
+    cfg = _with_txt_ids(comfy.ldm.chroma.model.ChromaParams, dict(
+        image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=64, mlp_ratio=4.0,
+        num_heads=2, depth=depth, depth_single_blocks=single, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
+        qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32, n_layers=1))
+    if "vec_in_dim" in {f.name for f in dataclasses.fields(comfy.ldm.chroma.model.ChromaParams)}:
+        cfg["vec_in_dim"] = None
+    return cfg
+
+
+def qwen_config(layers=3) -> dict:
+    return dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=layers,
+                attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(8, 12, 12))
+
+
+def _config_class(kind: str):
+    model_cls = {"flux": comfy.model_base.Flux, "qwen": comfy.model_base.QwenImage, "chroma": comfy.model_base.Chroma}[kind]
+    latent = comfy.latent_formats.Wan21 if kind == "qwen" else comfy.latent_formats.Flux
+
+    class Tiny(comfy.supported_models_base.BASE):
+        unet_config = {"image_model": {"flux": "flux", "qwen": "qwen_image", "chroma": "chroma"}[kind]}
+        unet_extra_config = {}
+        sampling_settings = {"multiplier": 1.0, "shift": 1.15} if kind == "qwen" else {}
+        latent_format = latent
+        supported_inference_dtypes = [torch.float32]
+
+        def get_model(self, state_dict, prefix="", device=None):
+            return model_cls(self, device=device)
+    return Tiny
+
+
+def build_from_config(kind: str, unet: dict, seed: int = 0, std: float = 0.05, device=CPU,
+                      dtype=torch.float32) -> comfy.model_patcher.ModelPatcher:
+    cfg = _config_class(kind)(unet)
+    cfg.set_inference_dtype(dtype, None)
+    model = cfg.get_model({}, device=device)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # comfy ops skip init: fill every weight
+        for p in model.diffusion_model.parameters():
+            p.normal_(0.0, std)
+    model.diffusion_model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def build(kind: str, seed: int = 0, std: float = 0.05, **dims) -> comfy.model_patcher.ModelPatcher:
+    cfg = {"flux": flux_config, "qwen": qwen_config, "chroma": chroma_config}[kind](**dims)
+    return build_from_config(kind, cfg, seed, std)
+
+
+def conds(kind: str, batch: int = 1, seed: int = 0, tokens: int = 8, ctx: int = 32, device=CPU, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
+
+    def extra():
+        if kind == "qwen":
+            return {}
+        return {"pooled_output": rand(batch, 8), "guidance": 3.5 if kind == "flux" else 0.0}
+    return [[rand(batch, tokens, ctx), extra()]], [[rand(batch, tokens, ctx), extra()]]
+
+
+def latent(kind: str, batch: int = 1, size: int = 16) -> torch.Tensor:
+    return torch.zeros(batch, 16, 1, size, size) if kind == "qwen" else torch.zeros(batch, 16, size, size)
+
+
+def sample(model, kind: str, cfg: float = 3.5, steps: int = 4, batch: int = 1, size: int = 16, seed: int = 0,
+           sampler: str = "euler", cond_seed: int = 0, tokens: int = 8, device=CPU, dtype=torch.float32,
+           **kw) -> torch.Tensor:
+    lat = latent(kind, batch, size)
+    ctx = model.get_model_object("diffusion_model").txt_in.in_features
+    pos, neg = conds(kind, batch, cond_seed, tokens, ctx, device, dtype)
+    noise = comfy.sample.prepare_noise(lat, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, lat, seed=seed,
+                               disable_pbar=True, **kw)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p)) if 0 < p < 1 else (30.0 if p >= 1 else -30.0)
+
+
+def make_routers(pack, model, seed: int = 0):
+    """Open, full-width routers for every block of `model`, as the pack's RouterCheckpoint."""
+    ec = pack.elastic_core
+    dm = model.get_model_object("diffusion_model")
+    adapter = pack.nodes.adapters.adapter_for(dm)
+    refs = adapter.blocks(dm)
+    routers = ec.router.RouterSet(adapter.router_config(dm), [r.spec.name for r in refs])
+    routers.init_full_capacity(generator=torch.Generator().manual_seed(seed))
+    meta = ec.checkpoint.RouterMeta.for_routers(routers, adapter.family)
+    return ec.checkpoint.RouterCheckpoint(routers, meta, "test-routers")
