@@ -66,21 +66,24 @@ def _config_class(kind: str):
 
 
 def build_from_config(kind: str, unet: dict, seed: int = 0, std: float = 0.05, device=CPU,
-                      dtype=torch.float32) -> comfy.model_patcher.ModelPatcher:
+                      dtype=torch.float32, manual_cast=None) -> comfy.model_patcher.ModelPatcher:
+    """manual_cast: a compute dtype for weights stored in another (e.g. fp8 storage, float32 compute)."""
     cfg = _config_class(kind)(unet)
-    cfg.set_inference_dtype(dtype, None)
+    cfg.supported_inference_dtypes = [dtype]
+    cfg.set_inference_dtype(dtype, manual_cast)
     model = cfg.get_model({}, device=device)
     torch.manual_seed(seed)
-    with torch.no_grad():  # comfy ops skip init: fill every weight
+    with torch.no_grad():  # comfy ops skip init: fill every weight (drawn in float32, stored as the weight's dtype)
         for p in model.diffusion_model.parameters():
-            p.normal_(0.0, std)
+            p.copy_(torch.empty(p.shape, device=device).normal_(0.0, std))
     model.diffusion_model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
-def build(kind: str, seed: int = 0, std: float = 0.05, **dims) -> comfy.model_patcher.ModelPatcher:
+def build(kind: str, seed: int = 0, std: float = 0.05, dtype=torch.float32, manual_cast=None,
+          **dims) -> comfy.model_patcher.ModelPatcher:
     cfg = {"flux": flux_config, "qwen": qwen_config, "chroma": chroma_config}[kind](**dims)
-    return build_from_config(kind, cfg, seed, std)
+    return build_from_config(kind, cfg, seed, std, dtype=dtype, manual_cast=manual_cast)
 
 
 def conds(kind: str, batch: int = 1, seed: int = 0, tokens: int = 8, ctx: int = 32, device=CPU, dtype=torch.float32):
