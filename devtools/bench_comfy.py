@@ -93,12 +93,14 @@ def bench_family(kind, size, device, dtype, pack, nodes):
     n_blocks = len(ckpt.routers)
     plan = importlib.import_module(pack.__name__ + ".elastic_core.bench").plan_for(size["steps"], n_blocks)
     cfg = pack.elastic_core.config.ElasticConfig()
-    patched = pack.nodes.patch.apply_elastic(model, ckpt, cfg, pack.nodes.patch.CacheWindow(0.0, 1.0),
-                                             plan=plan)
+    window = pack.nodes.patch.CacheWindow(0.0, 1.0)
+    patched = pack.nodes.patch.apply_elastic(model, ckpt, cfg, window, plan=plan)
+    # Everything but the blocks (embeddings, final layer, sampler): the time of a run that skips all blocks.
+    skip_all = pack.nodes.patch.apply_elastic(model, ckpt, cfg, window, plan=lambda s, b: (0, 1.0))
     args = dict(cfg=1.0, steps=size["steps"], size=size["latent"], tokens=size["txt"], device=device, dtype=dtype)
-    runs = {"dense": [], "elastic": []}
-    for _ in range(size["repeats"] + 1):  # the first pair warms up
-        for name, m in (("dense", model), ("elastic", patched)):
+    runs = {"dense": [], "elastic": [], "outside": []}
+    for _ in range(size["repeats"] + 1):  # the first round warms up
+        for name, m in (("dense", model), ("elastic", patched), ("outside", skip_all)):
             runs[name].append(_peak(device, lambda: tiny.sample(m, kind, **args)))
     t = {k: statistics.median(x[0] for x in v[1:]) for k, v in runs.items()}
     mem = {k: max(x[1] for x in v[1:]) for k, v in runs.items()}
@@ -106,11 +108,14 @@ def bench_family(kind, size, device, dtype, pack, nodes):
     tot = rec.totals()
     f = rec.flops
     ideal = (f["dense_attn"] + f["dense_mlp"]) / (f["exec_attn"] + f["exec_mlp"] + f["router"])
-    del model, patched
+    # The wall time elastic sampling should take if the blocks' share shrank by exactly the FLOP ratio.
+    expected = t["outside"] + (t["dense"] - t["outside"]) / ideal
+    del model, patched, skip_all
     return {"family": kind, "blocks": n_blocks, "img_tokens": (size["latent"] // 2) ** 2, "txt_tokens": size["txt"],
             "steps": size["steps"], "dense_s": t["dense"], "elastic_s": t["elastic"],
             "measured_speedup": t["dense"] / t["elastic"], "ideal_speedup": ideal,
-            "efficiency": t["dense"] / t["elastic"] / ideal, "skipped": tot["skipped"], "reused": tot["reused"],
+            "efficiency": t["dense"] / t["elastic"] / ideal, "outside_blocks_s": t["outside"],
+            "expected_elastic_s": expected, "efficiency_blocks": expected / t["elastic"], "skipped": tot["skipped"], "reused": tot["reused"],
             "mean_width": tot["mean_width"], "peak_mem_dense": mem["dense"], "peak_mem_elastic": mem["elastic"],
             "cache_bytes_peak": tot["cache_bytes_peak"]}
 
@@ -162,6 +167,9 @@ def format_rows(r: dict) -> str:
                      f"{x['cache_bytes_peak'] / mib:>9.1f}")
         lines.append(f"{'':8} plan: skipped {x['skipped']:.0%}, reused {x['reused']:.0%}, mean width "
                      f"{x['mean_width']:.2f}; target ratio >= 0.9")
+        lines.append(f"{'':8} outside the blocks {x['outside_blocks_s']:.2f} s per run; counting it, the FLOP "
+                     f"ratio predicts {x['expected_elastic_s']:.2f} s: measured/predicted speed "
+                     f"{x['efficiency_blocks']:.2f}")
     return "\n".join(lines)
 
 

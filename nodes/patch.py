@@ -54,8 +54,7 @@ class ElasticPatch:
 
 
 def _compiled(model) -> bool:
-    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
-    return COMPILE_KEY in wrappers.get(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
+    return bool(model.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, COMPILE_KEY))
 
 
 def compile_error() -> RuntimeError:

@@ -1,6 +1,7 @@
 """Real-ComfyUI tests: skipped, with the reason printed, where no ComfyUI is found."""
 import pytest
 
+import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI, which has one too, joins sys.path)
 from devtools.comfy_boot import boot, find_comfyui, version
 
 COMFY_PATH, HOW = find_comfyui()
