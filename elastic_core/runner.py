@@ -60,6 +60,8 @@ class ElasticRun:
         self.step = step
         self.caching = self.config.caching_at(step, self.num_steps) if caching is None else (caching and self.config.cache)
         self.record.steps[step] = sigma
+        if self.caching:
+            self.record.cache_steps.add(step)
 
     def finish(self) -> RunRecord:
         self.record.cache_bytes_peak = self.bank.peak_bytes
@@ -150,6 +152,8 @@ class ElasticRun:
         spec, rec, f = self.specs[i], self.record, self.record.flops
         tokens = {k: v.shape[1] for k, v in inputs.items()}
         attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
+        if i not in rec.costs:
+            rec.costs[i] = [attn + spec.mlp_flops(tokens, w) for w in self.routers.config.widths]
         router_flops = self.routers[i].flops(sum(tokens.values()))
         for r, (d, p) in enumerate(zip(decisions, ps)):
             f["dense_attn"] += attn

@@ -1,0 +1,136 @@
+"""What the heatmap shows, computed once here: the widget (web/) and the stats image only draw it.
+
+A payload holds, per view (stream x sample), block x step grids of the router's gate probability p,
+the action taken (skip / reuse / run), the width chosen and the reuse count, plus what a what-if
+needs: which steps were in the cache window and each block's cost at each width.
+
+`what_if` re-decides a recorded run at other tau / delta / K from the recorded probabilities. It is
+an estimate: with other decisions the model's inputs, hence p, would change too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord
+
+SCHEMA = "elastic-dit/heatmap"
+SCHEMA_VERSION = 1
+# Gate probability ramp (viridis stops) and action marks; the widget draws with these same colours.
+PALETTE = {
+    "ramp": ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"],
+    "skip": "#000000", "skip_alpha": 0.6,  # a dark veil over skipped cells
+    "reuse": "#ffffff",  # a dot: residual reused from cache
+    "width": "#ff7f0e",  # a bar at a run cell's foot, as long as the MLP width
+    "tau": "#ff2d55", "empty": "#2b2b2b", "grid": "#151515", "text": "#dddddd",
+}
+
+
+def _grid(n_blocks: int, n_steps: int, fill=None) -> list[list]:
+    return [[fill] * n_steps for _ in range(n_blocks)]
+
+
+def payload(record: RunRecord, estimate: bool = False) -> dict:
+    """The JSON-ready heatmap data of a run record (the last event wins where a step ran twice)."""
+    ev, n_b = record.events, len(record.blocks)
+    n_s = max([record.num_steps] + [s + 1 for s in ev["step"]])
+    views: dict[tuple[int, int], dict] = {}
+    for j in range(len(record)):
+        key = (ev["stream"][j], ev["sample"][j])
+        v = views.get(key)
+        if v is None:
+            v = views[key] = {"stream": record.streams[key[0]], "sample": key[1],
+                              **{c: _grid(n_b, n_s) for c in ("p", "action", "width", "reuse")}}
+        b, s = ev["block"][j], ev["step"][j]
+        for c in ("p", "action", "width", "reuse"):
+            v[c][b][s] = ev[c][j]
+    order = sorted(views, key=lambda k: (record.streams[k[0]] != "cond", record.streams[k[0]], k[1]))
+    widths = record.widths
+    return {
+        "schema": SCHEMA, "version": SCHEMA_VERSION, "estimate": estimate,
+        "blocks": record.blocks, "widths": widths, "actions": list(ACTIONS),
+        "steps": [{"index": s, "sigma": record.steps.get(s), "cache": s in record.cache_steps} for s in range(n_s)],
+        "config": record.config,
+        "costs": [record.costs.get(i, [1.0] * len(widths)) for i in range(n_b)],
+        "views": [views[k] for k in order],
+        "summary": record.totals(),
+        "palette": PALETTE,
+    }
+
+
+def what_if(view: dict, steps: list[dict], costs: list[list[float]], widths: list[float], config: dict,
+            tau: float, delta: float, max_reuse: int) -> dict:
+    """Algorithm 1 replayed on one view's recorded p at other thresholds. -> actions grid and totals."""
+    n_b, n_s = len(view["p"]), len(steps)
+    actions = _grid(n_b, n_s)
+    spent = dense = 0.0
+    counts = {a: 0 for a in ACTIONS}
+    for b in range(n_b):
+        has, uses = False, 0
+        for s in range(n_s):
+            p = view["p"][b][s]
+            if p is None:
+                continue
+            caching = config.get("cache", True) and steps[s]["cache"]
+            if config.get("skip", True) and p < tau:
+                a = SKIP
+            elif caching and tau <= p <= tau + delta and has and uses < max_reuse:
+                a, uses = REUSE, uses + 1
+            else:
+                a = RUN
+                if caching:
+                    has, uses = True, 0
+            actions[b][s] = a
+            counts[ACTIONS[a]] += 1
+            w = view["width"][b][s] if config.get("width", True) else 1.0
+            dense += costs[b][-1]
+            if a == RUN:
+                spent += costs[b][widths.index(w) if w in widths else -1]
+    n = max(sum(counts.values()), 1)
+    frac = spent / dense if dense else 1.0
+    return {"action": actions, "skipped": counts["skip"] / n, "reused": counts["reuse"] / n,
+            "executed_fraction": frac, "estimated_speedup": 1.0 / frac if frac else float("inf")}
+
+
+# -- the same picture as a raster, for the stats node's IMAGE output ---------------------------------
+
+def _hex(c: str) -> np.ndarray:
+    return np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float32)
+
+
+def ramp(p: float) -> np.ndarray:
+    stops = [_hex(c) for c in PALETTE["ramp"]]
+    x = min(max(p, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(x), len(stops) - 2)
+    return stops[i] + (stops[i + 1] - stops[i]) * (x - i)
+
+
+def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int = 18) -> np.ndarray:
+    """Blocks as rows, steps as columns, a colour ramp legend with tau marked. -> uint8 [H, W, 3]"""
+    v = pl["views"][view]
+    n_b, n_s = len(v["p"]), len(pl["steps"])
+    cw, ch = cell
+    img = np.empty((n_b * ch + legend, max(n_s * cw, 64), 3), dtype=np.float32)
+    img[:] = _hex(PALETTE["grid"])
+    for b in range(n_b):
+        for s in range(n_s):
+            y, x = b * ch, s * cw
+            box = img[y + 1:y + ch, x + 1:x + cw]
+            p = v["p"][b][s]
+            if p is None:
+                box[:] = _hex(PALETTE["empty"])
+                continue
+            box[:] = ramp(p)
+            a = v["action"][b][s]
+            if a == SKIP:
+                box[:] = box * (1 - PALETTE["skip_alpha"]) + _hex(PALETTE["skip"]) * PALETTE["skip_alpha"]
+            elif a == REUSE:
+                box[ch // 2 - 2:ch // 2 + 1, cw // 2 - 2:cw // 2 + 1] = _hex(PALETTE["reuse"])
+            elif a == RUN:
+                box[-2:, : max(1, round((cw - 1) * v["width"][b][s]))] = _hex(PALETTE["width"])
+    top = n_b * ch + 4
+    for x in range(img.shape[1]):  # the p ramp, 0 at the left, 1 at the right
+        img[top:top + 8, x] = ramp(x / (img.shape[1] - 1))
+    tau = pl["config"].get("tau", 0.5)
+    tx = round(tau * (img.shape[1] - 1))
+    img[top - 2:top + 10, max(0, tx - 1):tx + 1] = _hex(PALETTE["tau"])
+    return img.clip(0, 255).astype(np.uint8)
