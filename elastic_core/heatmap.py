@@ -57,6 +57,28 @@ def payload(record: RunRecord, estimate: bool = False) -> dict:
     }
 
 
+def step_column(record: RunRecord, first_event: int, step: int) -> dict:
+    """One step of a run under way, for a live view: per view, per block p / action / width / reuse."""
+    ev, n_b = record.events, len(record.blocks)
+    views: dict[tuple[int, int], dict] = {}
+    for j in range(first_event, len(record)):
+        if ev["step"][j] != step:
+            continue
+        key = (ev["stream"][j], ev["sample"][j])
+        v = views.setdefault(key, {"stream": record.streams[key[0]], "sample": key[1],
+                                   **{c: [None] * n_b for c in ("p", "action", "width", "reuse")}})
+        for c in ("p", "action", "width", "reuse"):
+            v[c][ev["block"][j]] = ev[c][j]
+    return {"step": step, "sigma": record.steps.get(step), "cache": step in record.cache_steps,
+            "num_steps": record.num_steps, "views": list(views.values())}
+
+
+def live_header(record: RunRecord) -> dict:
+    """What a live view needs before the first step arrives."""
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "blocks": record.blocks, "widths": record.widths,
+            "actions": list(ACTIONS), "num_steps": record.num_steps, "config": record.config, "palette": PALETTE}
+
+
 def what_if(view: dict, steps: list[dict], costs: list[list[float]], widths: list[float], config: dict,
             tau: float, delta: float, max_reuse: int) -> dict:
     """Algorithm 1 replayed on one view's recorded p at other thresholds. -> actions grid and totals."""

@@ -2,14 +2,17 @@
 from .apply_node import ElasticDiTApply
 from .files import register_folder
 from .loader_node import ElasticDiTRouterLoader
+from .stats_node import ElasticDiTStats
 
 register_folder()
 
 NODE_CLASS_MAPPINGS = {
     "ElasticDiTRouterLoader": ElasticDiTRouterLoader,
     "ElasticDiTApply": ElasticDiTApply,
+    "ElasticDiTStats": ElasticDiTStats,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ElasticDiTRouterLoader": "Load Elastic Router",
     "ElasticDiTApply": "Apply Elastic DiT",
+    "ElasticDiTStats": "Elastic DiT Stats",
 }

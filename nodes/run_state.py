@@ -12,6 +12,7 @@ import torch
 
 from ..elastic_core.runner import ElasticRun
 from ..elastic_core.stats import RunRecord
+from .live import LiveFeed
 
 STREAMS = {0: "cond", 1: "uncond"}  # ComfyUI's COND / UNCOND chunk marks
 
@@ -40,6 +41,8 @@ class RunState:
         self.start_sigma = float(model_sampling.percent_to_sigma(patch.window.start_percent))
         self.end_sigma = float(model_sampling.percent_to_sigma(patch.window.end_percent))
         self._sigmas_seen = None
+        self.live = LiveFeed(patch.node_id)
+        self._live_step: int | None = None
         self._router_home: torch.device | None = None
         self._t0 = time.perf_counter()
 
@@ -52,6 +55,9 @@ class RunState:
         tol = 1e-5 * max(abs(sigma), 1e-3)
         step = max([j for j, s in enumerate(self.sample_sigmas[:-1]) if s >= sigma - tol] or [0])
         caching = self.start_sigma + tol >= sigma > self.end_sigma
+        if self._live_step is not None and step != self._live_step:
+            self.live.step_done(self.run.record, self._live_step)
+        self._live_step = step
         self.run.begin_step(step, sigma, caching=caching)
 
     def _routers_to(self, device: torch.device) -> None:
@@ -82,7 +88,11 @@ class RunState:
     def finish(self) -> RunRecord:
         if self._router_home is not None:  # routers leave the GPU with the run
             self.patch.routers.to(self._router_home)
-        return self.run.finish()
+        record = self.run.finish()
+        if self._live_step is not None:
+            self.live.step_done(record, self._live_step)
+        self.live.done(record)
+        return record
 
     def log_line(self, record: RunRecord) -> str:
         steps = len(record.steps)

@@ -1,0 +1,78 @@
+"""Record -> heatmap payload, what-if replay, raster picture."""
+import json
+
+import numpy as np
+
+from elastic_core import heatmap
+from elastic_core.reference import double_run_fn
+from elastic_core.runner import run_stack
+from elastic_core.stats import REUSE, RUN, SKIP
+from tests.core.helpers import force, inputs, make_stack, start
+
+
+def _record(steps=4, tau=0.5, delta=0.015, k=2):
+    blocks, routers = make_stack(3)
+    force(routers[0], p=0.2)
+    force(routers[1], p=0.505, width_idx=1)
+    run = start(blocks, routers, num_steps=steps, cache_start=0.25, tau=tau, delta=delta, max_reuse=k)
+    img, txt, vec = inputs(b=2)
+    for s in range(steps):
+        run.begin_step(s, sigma=1 - s / steps)
+        run_stack(run, [double_run_fn(b, vec) for b in blocks], {"img": img, "txt": txt}, vec,
+                  row_keys=[("uncond", 0), ("cond", 0)])
+    return run.finish()
+
+
+def test_payload_grids_match_events():
+    rec = _record()
+    pl = heatmap.payload(rec)
+    json.dumps(pl)
+    assert [(v["stream"], v["sample"]) for v in pl["views"]] == [("cond", 0), ("uncond", 0)]
+    v = pl["views"][0]
+    assert len(v["p"]) == 3 and all(len(row) == 4 for row in v["p"])
+    assert all(a == SKIP for a in v["action"][0])
+    assert v["action"][1] == [RUN, RUN, REUSE, REUSE]  # step 0 outside the window; then run, reuse x K
+    assert v["width"][1][0] == 0.5 and v["reuse"][1][3] == 2
+    assert [s["cache"] for s in pl["steps"]] == [False, True, True, True]
+    assert len(pl["costs"]) == 3 and pl["costs"][2][-1] > pl["costs"][2][0] > 0
+
+
+def test_what_if_reproduces_the_run_at_its_own_settings():
+    rec = _record()
+    pl = heatmap.payload(rec)
+    for v in pl["views"]:
+        same = heatmap.what_if(v, pl["steps"], pl["costs"], pl["widths"], pl["config"], 0.5, 0.015, 2)
+        assert same["action"] == v["action"]
+    t = rec.totals()
+    same = heatmap.what_if(pl["views"][0], pl["steps"], pl["costs"], pl["widths"], pl["config"], 0.5, 0.015, 2)
+    assert abs(same["executed_fraction"] - (t["flops"]["exec_attn"] + t["flops"]["exec_mlp"])
+               / (t["flops"]["dense_attn"] + t["flops"]["dense_mlp"])) < 1e-9
+
+
+def test_what_if_moves_with_the_knobs():
+    pl = heatmap.payload(_record())
+    v, args = pl["views"][0], (pl["steps"], pl["costs"], pl["widths"], pl["config"])
+    lower = heatmap.what_if(v, *args, 0.1, 0.015, 2)  # nothing below tau any more
+    assert lower["skipped"] == 0 and lower["executed_fraction"] > heatmap.what_if(v, *args, 0.5, 0.015, 2)["executed_fraction"]
+    no_band = heatmap.what_if(v, *args, 0.5, 0.0, 2)
+    assert no_band["reused"] == 0
+    k1 = heatmap.what_if(v, *args, 0.5, 0.015, 1)
+    assert k1["action"][1] == [RUN, RUN, REUSE, RUN]
+
+
+def test_render_draws_every_cell_with_the_palette():
+    pl = heatmap.payload(_record())
+    img = heatmap.render(pl, 0)
+    assert img.dtype == np.uint8 and img.shape == (3 * 8 + 18, 64, 3)
+    skip_cell = img[1:8, 1:12].reshape(-1, 3).mean(0)
+    run_cell = img[9:16, 13:24].reshape(-1, 3)
+    assert skip_cell.max() < 80  # veiled dark
+    assert (run_cell == heatmap._hex(heatmap.PALETTE["width"]).astype(np.uint8)).all(1).any()  # width bar
+
+
+def test_step_column_and_header():
+    rec = _record()
+    col = heatmap.step_column(rec, 0, 2)
+    assert col["step"] == 2 and col["cache"] and len(col["views"]) == 2
+    assert col["views"][0]["action"][1] == REUSE
+    assert heatmap.live_header(rec)["num_steps"] == 4
