@@ -1,0 +1,147 @@
+// Elastic DiT: the gate heatmap on the Apply Elastic DiT node. Fills in live while sampling runs
+// (server events elastic_dit.start / .step / .done), keeps the final record, and re-colours the last run
+// as a what-if estimate when tau, delta or max_reuse move. Nothing here is saved with the workflow.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { cellAt, drawHeatmap, emptyPayload, mergeStep, summaryText, whatIf } from "./heatmap.js";
+
+const NODE_TYPE = "ElasticDiTApply";
+const KNOBS = ["tau", "delta", "max_reuse"];
+const ACTION_NAMES = ["skipped", "reused", "run"];
+const HEIGHT = 260;
+
+function el(tag, style, text) {
+  const e = document.createElement(tag);
+  Object.assign(e.style, style || {});
+  if (text) e.textContent = text;
+  return e;
+}
+
+function knob(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+function createView(node) {
+  const root = el("div", { position: "relative", width: "100%", height: `${HEIGHT}px`, font: "11px sans-serif",
+                           color: "#ddd", display: "flex", flexDirection: "column" });
+  root.className = "elastic-dit-heatmap";
+  const bar = el("div", { display: "flex", gap: "6px", alignItems: "center", minHeight: "18px" });
+  const select = el("select", { fontSize: "11px", maxWidth: "40%" });
+  const summary = el("span", { whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" },
+                     "run the graph to see what the routers decide");
+  const canvas = el("canvas", { flex: "1", width: "100%", minHeight: "0" });
+  const tip = el("div", { position: "absolute", display: "none", pointerEvents: "none", background: "#000c",
+                          padding: "3px 5px", borderRadius: "3px", whiteSpace: "pre" });
+  bar.append(select, summary);
+  root.append(bar, canvas, tip);
+  return { root, select, summary, canvas, tip };
+}
+
+function setup(node) {
+  const ui = createView(node);
+  const state = { payload: null, view: 0, estimate: null, drawn: null };
+  node.elasticDiT = state;  // read by the browser tests
+
+  const widget = node.addDOMWidget("elastic_heatmap", "elastic_heatmap", ui.root,
+                                   { serialize: false, hideOnZoom: false, getMinHeight: () => HEIGHT });
+  widget.serialize = false;  // older frontends read the flag from the widget itself
+
+  function redraw() {
+    const pl = state.payload;
+    const w = Math.max(ui.canvas.clientWidth || 300, 120), h = Math.max(ui.canvas.clientHeight || 200, 60);
+    ui.canvas.width = w;
+    ui.canvas.height = h;
+    if (!pl || !pl.views.length) return;
+    const view = pl.views[Math.min(state.view, pl.views.length - 1)];
+    const est = state.estimate;
+    const tau = est ? knob(node, "tau") : pl.config.tau, delta = est ? knob(node, "delta") : pl.config.delta;
+    const grid = { blocks: pl.blocks, steps: pl.steps, palette: pl.palette,
+                   view: est ? { ...view, action: est.action } : view };
+    state.drawn = drawHeatmap(ui.canvas.getContext("2d"), grid, { width: w, height: h, tau, delta, estimate: !!est });
+    ui.canvas.dataset.cells = String(state.drawn.cells);
+    ui.canvas.dataset.estimate = est ? "1" : "0";
+    ui.summary.textContent = pl.live ? `sampling… step ${pl.steps.filter((s) => s.sigma !== null).length}/${pl.steps.length}`
+                                     : summaryText(est || pl.summary, !!est);
+    ui.root.dataset.summary = ui.summary.textContent;
+  }
+
+  function fillViews() {
+    const pl = state.payload;
+    const opts = pl.views.map((v, i) => `${i}:${v.stream} · sample ${v.sample}`);
+    if (ui.select.options.length === opts.length) return;
+    ui.select.replaceChildren(...opts.map((o) => {
+      const [i, label] = o.split(/:(.*)/s);
+      const opt = el("option", null, label);
+      opt.value = i;
+      return opt;
+    }));
+    ui.select.value = String(Math.min(state.view, opts.length - 1));
+  }
+
+  function whatIfNow() {
+    const pl = state.payload;
+    if (!pl || pl.live || !pl.costs) return;
+    const tau = knob(node, "tau"), delta = knob(node, "delta"), k = knob(node, "max_reuse");
+    const same = tau === pl.config.tau && delta === pl.config.delta && k === pl.config.max_reuse;
+    state.estimate = same ? null : whatIf(pl, Math.min(state.view, pl.views.length - 1), tau, delta, k);
+    redraw();
+  }
+
+  ui.select.addEventListener("change", () => { state.view = Number(ui.select.value); whatIfNow(); redraw(); });
+  for (const name of KNOBS) {
+    const w = node.widgets?.find((x) => x.name === name);
+    if (!w) continue;
+    const orig = w.callback;
+    w.callback = function (...args) {
+      const r = orig?.apply(this, args);
+      whatIfNow();
+      return r;
+    };
+  }
+
+  ui.canvas.addEventListener("mousemove", (e) => {
+    const pl = state.payload, lay = state.drawn?.layout;
+    const c = lay && cellAt(lay, e.offsetX, e.offsetY);
+    const v = c && pl.views[Math.min(state.view, pl.views.length - 1)];
+    if (!c || v.p[c.block][c.step] === null) { ui.tip.style.display = "none"; return; }
+    const a = (state.estimate ? state.estimate.action : v.action)[c.block][c.step];
+    const sigma = pl.steps[c.step].sigma;
+    ui.tip.textContent = `${pl.blocks[c.block].name} · step ${c.step}${sigma !== null ? ` (sigma ${sigma.toFixed(3)})` : ""}\n` +
+      `p ${v.p[c.block][c.step].toFixed(3)} · ${ACTION_NAMES[a]}${state.estimate ? " (estimate)" : ""} · width ${v.width[c.block][c.step]}` +
+      ` · reuse count ${v.reuse[c.block][c.step]}`;
+    Object.assign(ui.tip.style, { display: "block", left: `${e.offsetX + 12}px`, top: `${e.offsetY + 20}px` });
+  });
+  ui.canvas.addEventListener("mouseleave", () => { ui.tip.style.display = "none"; });
+
+  const mine = (detail) => detail && String(detail.node).split(":").pop() === String(node.id);
+  const handlers = {
+    "elastic_dit.start": (d) => { state.payload = emptyPayload(d); state.estimate = null; },
+    "elastic_dit.step": (d) => { if (state.payload?.live) { mergeStep(state.payload, d); fillViews(); } },
+    "elastic_dit.done": (d) => { state.payload = d; fillViews(); whatIfNow(); },
+  };
+  const listeners = Object.entries(handlers).map(([ev, fn]) => {
+    const l = (e) => { if (mine(e.detail)) { fn(e.detail); redraw(); } };
+    api.addEventListener(ev, l);
+    return [ev, l];
+  });
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function () {
+    for (const [ev, l] of listeners) api.removeEventListener(ev, l);
+    return onRemoved?.apply(this, arguments);
+  };
+  if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => redraw()).observe(ui.canvas);
+  state.redraw = redraw;
+}
+
+app.registerExtension({
+  name: "elastic_dit.heatmap",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== NODE_TYPE) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      setup(this);
+      return r;
+    };
+  },
+});
