@@ -25,9 +25,9 @@ function createView(node) {
   const root = el("div", { position: "relative", width: "100%", height: `${HEIGHT}px`, font: "11px sans-serif",
                            color: "#ddd", display: "flex", flexDirection: "column" });
   root.className = "elastic-dit-heatmap";
-  const bar = el("div", { display: "flex", gap: "6px", alignItems: "center", minHeight: "18px" });
+  const bar = el("div", { display: "flex", gap: "6px", alignItems: "center", minHeight: "18px", flexWrap: "wrap" });
   const select = el("select", { fontSize: "11px", maxWidth: "40%" });
-  const summary = el("span", { whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" },
+  const summary = el("span", { whiteSpace: "normal", lineHeight: "1.2" },
                      "run the graph to see what the routers decide");
   const canvas = el("canvas", { flex: "1", width: "100%", minHeight: "0" });
   const tip = el("div", { position: "absolute", display: "none", pointerEvents: "none", background: "#000c",
@@ -65,17 +65,18 @@ function setup(node) {
     ui.root.dataset.summary = ui.summary.textContent;
   }
 
-  function fillViews() {
-    const pl = state.payload;
-    const opts = pl.views.map((v, i) => `${i}:${v.stream} · sample ${v.sample}`);
-    if (ui.select.options.length === opts.length) return;
-    ui.select.replaceChildren(...opts.map((o) => {
-      const [i, label] = o.split(/:(.*)/s);
+  function fillViews() {  // one option per (stream, sample); rebuilt when the views' order or count changes
+    const labels = state.payload.views.map((v) => `${v.stream} · sample ${v.sample}`);
+    const shown = [...ui.select.options].map((o) => o.textContent);
+    if (shown.join("|") === labels.join("|")) return;
+    const current = shown[state.view];
+    ui.select.replaceChildren(...labels.map((label, i) => {
       const opt = el("option", null, label);
-      opt.value = i;
+      opt.value = String(i);
       return opt;
     }));
-    ui.select.value = String(Math.min(state.view, opts.length - 1));
+    state.view = Math.max(labels.indexOf(current), 0);
+    ui.select.value = String(state.view);
   }
 
   function whatIfNow() {

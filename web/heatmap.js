@@ -96,7 +96,7 @@ function drawLegend(ctx, lay, opts, palette) {
   ctx.fillText("p: 0", 2, y + 8);
   ctx.fillText("1", lay.x0 + w + 3, y + 8);
   ctx.fillText(`tau ${opts.tau}`, lay.x0, y + 20);
-  ctx.fillText("dark = skipped   dot = reused   bar = MLP width", lay.x0 + 52, y + 20);
+  ctx.fillText("dark: skip · dot: reuse · bar: width", lay.x0 + 52, y + 20);
   if (opts.estimate) ctx.fillText("ESTIMATE (what-if from recorded p)", lay.x0 + w + 14, y + 8);
 }
 
@@ -156,6 +156,13 @@ export function whatIf(payload, viewIndex, tau, delta, maxReuse) {
            executed_fraction: frac, estimated_speedup: frac ? 1 / frac : Infinity };
 }
 
+// Views in the order Python's payload has them: cond first, then by stream name, then by sample.
+function viewOrder(a, b) {
+  const ka = [a.stream !== "cond", a.stream, a.sample], kb = [b.stream !== "cond", b.stream, b.sample];
+  for (let i = 0; i < 3; i++) if (ka[i] !== kb[i]) return ka[i] < kb[i] ? -1 : 1;
+  return 0;
+}
+
 // A payload-shaped object that live step columns fill in while sampling runs.
 export function emptyPayload(header) {
   return { ...header, live: true, views: [], costs: null, summary: null,
@@ -172,6 +179,7 @@ export function mergeStep(payload, msg) {
       v = { stream: col.stream, sample: col.sample };
       for (const k of ["p", "action", "width", "reuse"]) v[k] = Array.from({ length: nB }, () => Array(nS).fill(null));
       payload.views.push(v);
+      payload.views.sort(viewOrder);
     }
     for (const k of ["p", "action", "width", "reuse"]) col[k].forEach((x, b) => { v[k][b][msg.step] = x; });
   }

@@ -85,6 +85,13 @@ test("live columns fill an empty payload step by step", () => {
   assert.equal(drawHeatmap(ctx, { ...pl, view: pl.views[0] }, { width: 300, height: 100, tau: 0.5, delta: 0 }).cells, 2);
 });
 
+test("live views come in Python's order: cond first", () => {
+  const pl = emptyPayload({ blocks: grid.blocks, num_steps: 1, widths: [1], config: {}, palette: PALETTE });
+  const col = (stream) => ({ stream, sample: 0, p: [0.9, 0.1], action: [RUN, SKIP], width: [1, 1], reuse: [0, 0] });
+  mergeStep(pl, { step: 0, sigma: 1, cache: false, views: [col("uncond"), col("cond")] });
+  assert.deepEqual(pl.views.map((v) => v.stream), ["cond", "uncond"]);
+});
+
 test("what-if: knobs change decisions; the run's own knobs give back the run", () => {
   const pl = { views: [grid.view], steps: grid.steps, widths: [0.25, 0.5, 0.75, 1],
                costs: [[1, 2, 3, 4], [1, 2, 3, 4]], config: { tau: 0.5, delta: 0.015, max_reuse: 10 } };
