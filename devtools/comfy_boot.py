@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import tempfile
 
@@ -52,7 +53,6 @@ def boot(path: str):
 
 
 def version(path: str) -> str:
-    ns: dict = {}
     with open(os.path.join(path, "comfyui_version.py")) as f:
-        exec(f.read(), ns)
-    return ns.get("__version__", "unknown")
+        m = re.search(r'__version__\s*=\s*"([^"]+)"', f.read())
+    return m.group(1) if m else "unknown"
