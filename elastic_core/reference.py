@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .blocks import BlockSpec
-from .elastic_mlp import MLPLayout, elastic_mlp, module_weights, project_in, project_out
+from .elastic_mlp import MLPLayout, elastic_mlp, masked_mlp, module_weights, project_in, project_out
 from .runner import RunFn
 
 
@@ -44,13 +44,17 @@ class RefDoubleBlock(nn.Module):
     def spec(self, name: str) -> BlockSpec:
         return BlockSpec(name, "double", self.dim, self.hidden, elastic_streams=self.elastic_streams, group="double")
 
-    def mlp(self, stream: str, x: Tensor, ratio: float) -> Tensor:
+    def mlp(self, stream: str, x: Tensor, width: float | Tensor) -> Tensor:
+        """width: a ratio (inference: weight slicing) or a [B, M] hidden mask (training: eq. 13)."""
         m = getattr(self, f"{stream}_mlp")
+        fc1, fc2, lay = module_weights(m[0]), module_weights(m[2]), MLPLayout(self.hidden)
         if stream not in self.elastic_streams:
-            ratio = 1.0
-        return elastic_mlp(x, module_weights(m[0]), module_weights(m[2]), _gelu, MLPLayout(self.hidden), ratio)
+            return elastic_mlp(x, fc1, fc2, _gelu, lay, 1.0)
+        if isinstance(width, Tensor):
+            return masked_mlp(x, fc1, fc2, _gelu, lay, width)
+        return elastic_mlp(x, fc1, fc2, _gelu, lay, width)
 
-    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, width: float = 1.0) -> tuple[Tensor, Tensor]:
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, width: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
         """img: [B, Li, D], txt: [B, Lt, D], vec: [B, D] -> new (img, txt)."""
         mi = self.img_mod(F.silu(vec)).chunk(6, dim=-1)  # 6 x [B, D]
         mt = self.txt_mod(F.silu(vec)).chunk(6, dim=-1)

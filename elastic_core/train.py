@@ -1,0 +1,161 @@
+"""Router training (eqs. 7-17): straight-through gates and width masks, L = L_perf + lambda (L_gating + L_width).
+
+The host supplies L_perf: the paper's flow-matching loss, or (no data set needed) the distance between
+the elastic model's prediction and the same model's dense prediction (`distill_loss`). Every block
+runs in training (masked, not sliced), so gradients reach every router:
+    g = 1[p >= tau] + p - sg(p);   x_out = x + g (B(x; m) - x);   m = m_hard + m_soft - sg(m_soft)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .router import RouterOutput, RouterSet
+
+Streams = dict[str, Tensor]
+TrainBlockFn = Callable[[Streams, Tensor], Streams]  # (inputs, hidden mask [B, M]) -> outputs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    lr: float = 1e-3
+    rho_g: float = 0.5  # target mean gate probability
+    rho_w: float = 0.6  # target mean width ratio of the blocks that run
+    lam: float = 1.0  # lambda
+    tau: float = 0.5
+    end_to_end: bool = False  # train the backbone too (the paper); default: routers only
+    grad_checkpoint: bool = False
+
+
+@dataclass
+class Aux:
+    """What the routers said in one training forward, per block: [N, B] each."""
+    p: list[Tensor]
+    r: list[Tensor]  # expected width ratio sum_j q_j S_j
+    g_hard: list[Tensor]
+
+
+def gate(out: RouterOutput, tau: float) -> tuple[Tensor, Tensor]:
+    """Straight-through gate (eq. 7). -> g [B] (forward: 0/1), hard [B]"""
+    p = out.p
+    hard = (p >= tau).to(p.dtype)
+    return hard + p - p.detach(), hard
+
+
+def width_mask(out: RouterOutput, widths: Sequence[float], hidden: int) -> tuple[Tensor, Tensor]:
+    """Straight-through prefix mask over hidden channels (eq. 13). -> m [B, M], r [B]"""
+    q = out.q  # [B, S]
+    ks = [max(1, int(hidden * w + 1e-9)) for w in widths]
+    masks = torch.zeros(len(widths), hidden, dtype=q.dtype, device=q.device)
+    for j, k in enumerate(ks):
+        masks[j, :k] = 1
+    soft = q @ masks  # [B, M]
+    hard = F.one_hot(q.argmax(-1), len(widths)).to(q.dtype) @ masks
+    r = q @ torch.tensor(widths, dtype=q.dtype, device=q.device)
+    return hard + soft - soft.detach(), r
+
+
+def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: Sequence[int], x: Streams,
+                    cond: Tensor, tau: float, router_tokens: Callable[[Streams], list[Tensor]],
+                    grad_checkpoint: bool = False) -> tuple[Streams, Aux]:
+    """The differentiable elastic stack: every block runs, masked; gates mix output and input."""
+    aux = Aux([], [], [])
+    for i, blk in enumerate(blocks):
+        out = routers[i](router_tokens(x), cond)
+        g, hard = gate(out, tau)
+        m, r = width_mask(out, routers.config.widths, hidden[i])
+        y = checkpoint(blk, x, m, use_reentrant=False) if grad_checkpoint else blk(x, m)
+        x = {k: v + g.view(-1, *([1] * (v.dim() - 1))) * (y[k] - v) for k, v in x.items()}
+        aux.p.append(out.p)
+        aux.r.append(r)
+        aux.g_hard.append(hard)
+    return x, aux
+
+
+def budget_losses(aux: Aux, rho_g: float, rho_w: float) -> tuple[Tensor, Tensor]:
+    """L_gating = (mean p - rho_g)^2; L_width = (mean r over blocks that run - rho_w)^2 (eqs. 14-15)."""
+    p, r, run = torch.stack(aux.p), torch.stack(aux.r), torch.stack(aux.g_hard)  # [N, B]
+    l_gate = (p.mean() - rho_g) ** 2
+    r_bar = (r * run).sum() / run.sum().clamp_min(1.0)
+    return l_gate, (r_bar - rho_w) ** 2
+
+
+def distill_loss(elastic_pred: Tensor, dense_pred: Tensor) -> Tensor:
+    """L_perf without data: the elastic prediction against the same model's dense one."""
+    return F.mse_loss(elastic_pred, dense_pred.detach())
+
+
+class RouterTrainer:
+    """Adam on the routers (and the backbone when end_to_end); save / resume; progress; cancel."""
+
+    def __init__(self, routers: RouterSet, cfg: TrainConfig, backbone: torch.nn.Module | None = None):
+        self.routers, self.cfg, self.step = routers, cfg, 0
+        params = list(routers.parameters())
+        if cfg.end_to_end and backbone is not None:
+            params += [p for p in backbone.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.history: list[dict] = []
+
+    def train_step(self, perf_and_aux: Callable[[], tuple[Tensor, Aux]]) -> dict:
+        perf, aux = perf_and_aux()
+        l_gate, l_width = budget_losses(aux, self.cfg.rho_g, self.cfg.rho_w)
+        loss = perf + self.cfg.lam * (l_gate + l_width)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        run = torch.stack(aux.g_hard)
+        m = {"step": self.step, "loss": loss.item(), "perf": perf.item(), "gating": l_gate.item(),
+             "width": l_width.item(), "mean_gate": torch.stack(aux.p).mean().item(),
+             "open": run.mean().item(), "mean_width": ((torch.stack(aux.r) * run).sum() / run.sum().clamp_min(1)).item()}
+        self.history.append(m)
+        return m
+
+    def fit(self, perf_and_aux, steps: int | None = None, progress: Callable[[dict], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> int:
+        """Train up to `steps` more steps; returns how many ran (fewer when should_stop said so)."""
+        n = 0
+        for _ in range(self.cfg.steps if steps is None else steps):
+            if should_stop is not None and should_stop():
+                break
+            m = self.train_step(perf_and_aux)
+            n += 1
+            if progress is not None:
+                progress(m)
+        return n
+
+    # -- save / resume: safetensors only (no pickle) -------------------------------------------------
+    def state_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        sd = self.opt.state_dict()
+        tensors = {f"opt.{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()
+                   if isinstance(v, Tensor)}
+        tensors.update({f"routers.{k}": v.contiguous() for k, v in self.routers.state_dict().items()})
+        meta = {"step": str(self.step), "param_groups": json.dumps(sd["param_groups"]),
+                "config": json.dumps(asdict(self.cfg))}
+        return tensors, meta
+
+    def save(self, path: str) -> None:
+        tensors, meta = self.state_tensors()
+        save_file(tensors, path, metadata=meta)
+
+    def resume(self, path: str) -> None:
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(path)
+        self.routers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("routers.")})
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                state.setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        self.step = int(meta["step"])

@@ -1,0 +1,77 @@
+"""Router training: gradients through the straight-through paths, budgets pull, save / resume."""
+import torch
+
+from elastic_core.reference import plain_stack
+from elastic_core.train import RouterTrainer, TrainConfig, distill_loss, elastic_forward, gate, width_mask
+from tests.core.helpers import inputs, make_stack
+
+
+def _setup(n=4, seed=0):
+    blocks, routers = make_stack(n, seed=seed)
+    for b in blocks:
+        b.requires_grad_(False)
+    img, txt, vec = inputs(b=4, seed=seed + 1)
+    fns = [lambda x, m, b=b: dict(zip(("img", "txt"), b(x["img"], x["txt"], vec, m))) for b in blocks]
+    hidden = [b.hidden for b in blocks]
+
+    def perf_and_aux():
+        out, aux = elastic_forward(routers, fns, hidden, {"img": img, "txt": txt}, vec, 0.5,
+                                   lambda x: [x["txt"], x["img"]])
+        with torch.no_grad():
+            dense = plain_stack(blocks, img, txt, vec)[0]
+        return distill_loss(out["img"], dense), aux
+    return blocks, routers, perf_and_aux
+
+
+def test_gradients_reach_gate_and_width_heads_through_straight_through():
+    blocks, routers, perf_and_aux = _setup()
+    perf, aux = perf_and_aux()
+    (perf + torch.stack(aux.p).mean() + torch.stack(aux.r).mean()).backward()
+    for r in routers:
+        assert r.out[2].weight.grad is not None and r.out[2].weight.grad.abs().sum() > 0
+        assert r.width_head.weight.grad is not None and r.width_head.weight.grad.abs().sum() > 0
+    out = routers[0]([torch.randn(2, 5, 32)], torch.randn(2, 32))
+    g, hard = gate(out, 0.5)
+    assert torch.allclose(g.detach(), hard, atol=1e-6)  # forward is the hard decision
+    m, r = width_mask(out, (0.25, 0.5, 0.75, 1.0), 128)
+    assert torch.allclose(m.detach(), m.detach().round(), atol=1e-6) and m.shape == (2, 128)
+
+
+def test_open_full_width_forward_equals_dense():
+    blocks, routers, perf_and_aux = _setup()
+    perf, aux = perf_and_aux()
+    assert perf.item() < 1e-10 and all(h.all() for h in aux.g_hard)
+
+
+def test_short_run_moves_mean_gate_toward_rho_g():
+    blocks, routers, perf_and_aux = _setup()
+    tr = RouterTrainer(routers, TrainConfig(rho_g=0.3, rho_w=0.5, lr=2e-2, lam=5.0))
+    first = tr.train_step(perf_and_aux)
+    tr.fit(perf_and_aux, steps=40)
+    last = tr.history[-1]
+    assert abs(last["mean_gate"] - 0.3) < abs(first["mean_gate"] - 0.3) - 0.1
+    assert last["mean_width"] < first["mean_width"]
+
+
+def test_save_resume_gives_the_same_state(tmp_path):
+    blocks, routers, perf_and_aux = _setup()
+    tr = RouterTrainer(routers, TrainConfig(lr=1e-2))
+    tr.fit(perf_and_aux, steps=3)
+    tr.save(str(tmp_path / "state.safetensors"))
+    cont = [tr.train_step(perf_and_aux)["loss"] for _ in range(2)]
+    blocks2, routers2, perf_and_aux2 = _setup()
+    tr2 = RouterTrainer(routers2, TrainConfig(lr=1e-2))
+    tr2.resume(str(tmp_path / "state.safetensors"))
+    assert tr2.step == 3
+    again = [tr2.train_step(perf_and_aux2)["loss"] for _ in range(2)]
+    assert again == cont
+    for a, b in zip(routers.parameters(), routers2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_cancel_stops_cleanly():
+    blocks, routers, perf_and_aux = _setup()
+    tr = RouterTrainer(routers, TrainConfig())
+    seen = []
+    n = tr.fit(perf_and_aux, steps=10, progress=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert n == 2 and tr.step == 2
