@@ -14,7 +14,9 @@ import os
 import sys
 from collections import Counter
 
+from . import bench
 from .checkpoint import PICKLE_EXTENSIONS, CheckpointError, describe, import_released, load_routers, save_routers
+from .toy import commands as toy_commands
 
 
 def _error(msg: str) -> int:
@@ -85,21 +87,10 @@ def _convert(args) -> int:
     return 0
 
 
-def _add_bench(sub) -> None:
-    # ---- `bench` is registered here by elastic_core/bench.py (owned by the engine side) ----------
-    # bench.add_parser(sub) adds a subparser whose `func(args)` returns an exit code.
-    try:
-        from .bench import add_parser
-    except ImportError as e:
-        if e.name != f"{__package__}.bench":  # bench.py exists but is broken: say so, keep the CLI usable
-            print(f"warning: bench subcommand unavailable: {e}", file=sys.stderr)
-        return
-    add_parser(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="elastic-dit", description="Elastic DiT: inspect and convert router checkpoints, benchmark the engine.")
+        prog="elastic-dit", description="Elastic DiT: inspect and convert router checkpoints, benchmark the engine, "
+        "train routers, run the toy demo.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("inspect", help="summarize a router file or an E-DiT checkpoint")
     p.add_argument("file", help="our router .safetensors or the authors' E-DiT model.safetensors")
@@ -110,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="router file to write (.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_convert)
-    _add_bench(sub)
+    bench.add_parser(sub)
+    toy_commands.add_parsers(sub)
     return parser
 
 

@@ -7,7 +7,6 @@ cast first, then slice (elastic_core slices views of what this returns).
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 import comfy.ops

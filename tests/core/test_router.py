@@ -1,6 +1,5 @@
 """The router against an independent re-implementation of the authors' released RouteGate."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from elastic_core.config import RouterConfig
