@@ -45,6 +45,9 @@ function setup(node) {
   const widget = node.addDOMWidget("elastic_heatmap", "elastic_heatmap", ui.root,
                                    { serialize: false, hideOnZoom: false, getMinHeight: () => HEIGHT });
   widget.serialize = false;  // older frontends read the flag from the widget itself
+  // The node was sized before this widget existed: grow it so the heatmap sits inside the node.
+  const fit = node.computeSize?.();
+  if (fit) node.setSize([Math.max(node.size[0], fit[0]), Math.max(node.size[1], fit[1])]);
 
   function redraw() {
     const pl = state.payload;
