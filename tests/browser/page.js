@@ -1,0 +1,221 @@
+// In-page helpers for tests/browser/test_widget_e2e.py, evaluated once per page as `window.__edt`.
+// Works with the ComfyUI frontends 1.27 (ComfyUI v0.3.64) and 1.35 (v0.8.0).
+(() => {
+  const app = () => window.comfyAPI?.app?.app || window.app;
+  const api = () => window.comfyAPI?.api?.api || app().api;
+  const nodes = () => app().graph._nodes || app().graph.nodes;
+  const byId = (id) => app().graph.getNodeById(id);
+  const widget = (node, name) => node.widgets?.find((w) => w.name === name);
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const frames = (n) => new Promise((r) => { const f = (k) => (k ? requestAnimationFrame(() => f(k - 1)) : r()); f(n); });
+
+  const EVENTS = ["elastic_dit.start", "elastic_dit.step", "elastic_dit.done", "execution_start", "execution_success",
+                  "execution_error", "execution_interrupted", "executed"];
+
+  window.__edt = {
+    ready() {
+      const a = app();
+      return !!(a?.graph && window.LiteGraph?.registered_node_types?.ElasticDiTApply &&
+                a.extensions?.some((e) => e.name === "elastic_dit.heatmap") && a.canvas);
+    },
+
+    registered(type) { return !!window.LiteGraph.registered_node_types[type]; },
+
+    // Load a workflow file the way a drop does (app.handleFile), else through loadGraphData.
+    async loadWorkflow(text, name) {
+      const a = app();
+      if (typeof a.handleFile === "function") {
+        await a.handleFile(new File([text], name, { type: "application/json" }));
+      } else {
+        await a.loadGraphData(JSON.parse(text), true, true, name);
+      }
+      await sleep(700);
+      await frames(3);
+      const g = nodes().map((n) => ({
+        id: n.id, type: n.type, registered: !!window.LiteGraph.registered_node_types[n.type],
+        has_errors: !!n.has_errors,
+        widgets: (n.widgets || []).filter((w) => w.serialize !== false).map((w) => ({ name: w.name, type: w.type, value: w.value })),
+        serialized: n.type.startsWith("ElasticDiT") ? n.serialize().widgets_values : null,
+      }));
+      const dialogs = [...document.querySelectorAll(".p-dialog, [role=dialog]")]
+        .filter((d) => d.offsetParent !== null).map((d) => d.innerText.slice(0, 500));
+      return { nodes: g, dialogs };
+    },
+
+    async closeDialogs() {
+      for (const b of document.querySelectorAll(".p-dialog .p-dialog-close-button, .p-dialog-header-close")) b.click();
+      await sleep(300);
+      return [...document.querySelectorAll(".p-dialog, [role=dialog]")].filter((d) => d.offsetParent !== null).length;
+    },
+
+    firstOfType(type) { return nodes().find((n) => n.type === type)?.id ?? null; },
+
+    // The end-to-end graph, built in the UI as a user would (LiteGraph nodes, links, widget values).
+    async buildGraph(opts) {
+      const a = app(), LG = window.LiteGraph;
+      const cmd = a.extensionManager?.command;  // a new workflow tab, as a user starts one; else clear this one
+      if (cmd?.commands?.some?.((c) => c.id === "Comfy.NewBlankWorkflow")) {
+        await cmd.execute("Comfy.NewBlankWorkflow");
+        await sleep(300);
+      }
+      a.graph.clear();
+      const mk = (type, pos) => { const n = LG.createNode(type); n.pos = pos; a.graph.add(n); return n; };
+      const tiny = mk("ElasticDiTTestTinyModel", [0, 0]);
+      const routers = mk("ElasticDiTTestRouters", [0, 170]);
+      const cond = mk("ElasticDiTTestConditioning", [0, 300]);
+      const latent = mk("EmptySD3LatentImage", [0, 520]);
+      const apply = mk("ElasticDiTApply", [380, 0]);
+      const applySizeAtCreation = [...apply.size];
+      const ks = mk("KSampler", [760, 0]);
+      const stats = mk("ElasticDiTStats", [1120, 0]);
+      const preview = mk("PreviewImage", [1120, 200]);
+      tiny.connect(0, routers, 0); tiny.connect(0, apply, 0); tiny.connect(0, cond, 0);
+      routers.connect(0, apply, 1);
+      apply.connect(0, ks, 0); cond.connect(0, ks, 1); cond.connect(1, ks, 2); latent.connect(0, ks, 3);
+      apply.connect(0, stats, 0); ks.connect(0, stats, 1); stats.connect(0, preview, 0);
+      const set = (n, name, v) => { const w = widget(n, name); if (!w) throw new Error(`${n.type} has no widget ${name}`); w.value = v; };
+      for (const n of nodes()) for (const w of n.widgets || []) if (w.name === "control_after_generate") w.value = "fixed";
+      set(ks, "seed", 1); set(ks, "steps", opts.steps); set(ks, "cfg", opts.cfg);
+      set(ks, "sampler_name", "euler"); set(ks, "scheduler", "simple");
+      set(latent, "width", opts.size); set(latent, "height", opts.size);
+      set(apply, "cache_start_percent", 0);
+      a.graph.setDirtyCanvas(true, true);
+      return { apply: apply.id, ks: ks.id, stats: stats.id, preview: preview.id, applySizeAtCreation,
+               applyComputedSize: apply.computeSize ? [...apply.computeSize()] : null };
+    },
+
+    // Record the server's events, and after each live step what the Apply node's widget shows.
+    hookEvents(applyId) {
+      window.__edtEvents = [];
+      const node = byId(applyId);
+      for (const ev of EVENTS) {
+        api().addEventListener(ev, (e) => {
+          const d = e.detail || {};
+          const rec = { ev, node: d.node ?? null, step: d.step ?? null, prompt_id: d.prompt_id ?? null, t: performance.now() };
+          if (ev.startsWith("elastic_dit.")) {  // registered after the widget's listener: the widget has drawn
+            const root = document.querySelector("div.elastic-dit-heatmap");
+            rec.live = !!node.elasticDiT?.payload?.live;
+            rec.cells = Number(node.elasticDiT?.drawn?.cells ?? -1);
+            rec.summary = node.elasticDiT ? root?.dataset.summary ?? null : null;
+          }
+          if (ev === "execution_error") rec.error = JSON.stringify(d).slice(0, 2000);
+          window.__edtEvents.push(rec);
+        });
+      }
+    },
+
+    events() { return window.__edtEvents; },
+
+    async queue() {
+      const r = await app().queuePrompt(0, 1);
+      return { returned: r === undefined ? null : r, nodeErrors: JSON.stringify(app().lastNodeErrors ?? null).slice(0, 2000) };
+    },
+
+    // What the Apply node's widget shows now.
+    widgetState(applyId) {
+      const node = byId(applyId), s = node.elasticDiT;
+      const root = node.widgets.find((w) => w.name === "elastic_heatmap")?.element || document.querySelector("div.elastic-dit-heatmap");
+      const canvas = root?.querySelector("canvas");
+      const pl = s?.payload;
+      return {
+        hasState: !!s, summary: root?.dataset.summary ?? null, cells: canvas?.dataset.cells ?? null,
+        estimate: canvas?.dataset.estimate ?? null, drawnCells: s?.drawn?.cells ?? null,
+        payload: pl ? { live: !!pl.live, blocks: pl.blocks.length, steps: pl.steps.length, hasCosts: !!pl.costs,
+                        config: pl.config, views: pl.views.map((v) => ({ stream: v.stream, sample: v.sample,
+                          actions: [...new Set(v.action.flat())].sort(), widths: [...new Set(v.width.flat())].sort() })) } : null,
+        view: s?.view ?? null,
+        options: [...(root?.querySelectorAll("select option") || [])].map((o) => ({ value: o.value, text: o.textContent })),
+        selected: root?.querySelector("select")?.value ?? null,
+        knobs: ["tau", "delta", "max_reuse"].map((n) => { const w = widget(node, n);
+          return w ? { name: n, type: w.type, value: w.value, options: { min: w.options?.min, max: w.options?.max,
+                       step: w.options?.step, step2: w.options?.step2, round: w.options?.round }, callback: typeof w.callback } : null; }),
+      };
+    },
+
+    // Move a knob as the frontend does on a slider drag: set the value, fire the widget's callback.
+    async setKnob(applyId, name, value) {
+      const node = byId(applyId), w = widget(node, name);
+      w.value = value;
+      w.callback?.call(w, value, app().canvas, node, [0, 0], undefined);
+      await frames(2);
+      return this.widgetState(applyId);
+    },
+
+    // Put the knobs back (after a failed check), the callbacks' errors aside.
+    async restoreKnobs(applyId, values) {
+      const node = byId(applyId);
+      for (const [name, v] of Object.entries(values)) {
+        const w = widget(node, name);
+        if (!w || w.value === v) continue;
+        w.value = v;
+        try { w.callback?.call(w, v, app().canvas, node, [0, 0], undefined); } catch (e) { /* reported by the test */ }
+      }
+      await frames(2);
+    },
+
+    async serialized(applyId) {
+      const g = app().graph.serialize();
+      const text = JSON.stringify(g);
+      const applyNode = g.nodes.find((n) => n.id === applyId);
+      const prompt = await app().graphToPrompt();
+      const out = prompt.output ?? prompt;
+      return { bytes: text.length, apply: applyNode, applyBytes: JSON.stringify(applyNode).length,
+               applyApiInputs: Object.keys(out[String(applyId)]?.inputs ?? {}) };
+    },
+
+    // Centre the canvas on a node and zoom so that it fills most of the view; where the widget lies.
+    async focus(nodeId, fill) {
+      const a = app(), c = a.canvas, node = byId(nodeId);
+      const el = c.canvas, W = el.clientWidth, H = el.clientHeight;
+      const scale = Math.min((H * fill) / (node.size[1] + 40), (W * 0.55) / node.size[0], 3);
+      c.ds.scale = scale;
+      c.ds.offset[0] = W / 2 / scale - (node.pos[0] + node.size[0] / 2);
+      c.ds.offset[1] = H / 2 / scale - (node.pos[1] + node.size[1] / 2 - 15);
+      c.setDirty(true, true);
+      c.draw?.(true, true);
+      await frames(6);
+      await sleep(300);
+      return this.layout(nodeId);
+    },
+
+    // The whole graph in view.
+    async fitAll() {
+      const c = app().canvas, el = c.canvas, W = el.clientWidth, H = el.clientHeight, title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const ns = nodes();
+      const x0 = Math.min(...ns.map((n) => n.pos[0])), y0 = Math.min(...ns.map((n) => n.pos[1] - title));
+      const x1 = Math.max(...ns.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...ns.map((n) => n.pos[1] + n.size[1]));
+      const scale = Math.min(W / (x1 - x0 + 80), H / (y1 - y0 + 160), 1.5);
+      c.ds.scale = scale;
+      c.ds.offset[0] = W / 2 / scale - (x0 + x1) / 2;
+      c.ds.offset[1] = H / 2 / scale - (y0 + y1) / 2;
+      c.setDirty(true, true);
+      await frames(6);
+      await sleep(300);
+    },
+
+    // Where on screen a point of a widget lies: fraction f of its width (margins of 15 as LiteGraph draws).
+    widgetPoint(nodeId, name, f) {
+      const c = app().canvas, node = byId(nodeId), r = c.canvas.getBoundingClientRect(), w = widget(node, name);
+      const s = c.ds.scale, o = c.ds.offset, margin = 15, h = w.computedHeight ?? window.LiteGraph.NODE_WIDGET_HEIGHT ?? 20;
+      const x = node.pos[0] + margin + f * (node.size[0] - 2 * margin), y = node.pos[1] + w.y + h / 2;
+      return { x: r.left + (x + o[0]) * s, y: r.top + (y + o[1]) * s };
+    },
+
+    // Screen rectangles of the node body and of its heatmap widget (CSS pixels).
+    layout(nodeId) {
+      const c = app().canvas, node = byId(nodeId), r = c.canvas.getBoundingClientRect();
+      const s = c.ds.scale, o = c.ds.offset;
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const body = { left: r.left + (node.pos[0] + o[0]) * s, top: r.top + (node.pos[1] + o[1]) * s,
+                     right: r.left + (node.pos[0] + node.size[0] + o[0]) * s,
+                     bottom: r.top + (node.pos[1] + node.size[1] + o[1]) * s, titleTop: r.top + (node.pos[1] - title + o[1]) * s };
+      const root = node.widgets.find((w) => w.name === "elastic_heatmap")?.element || document.querySelector("div.elastic-dit-heatmap");
+      const w = root?.getBoundingClientRect();
+      const canvas = root?.querySelector("canvas");
+      return { scale: s, nodeSize: [...node.size], computedSize: node.computeSize ? [...node.computeSize()] : null, body,
+               widget: w ? { left: w.left, top: w.top, right: w.right, bottom: w.bottom, width: w.width, height: w.height } : null,
+               canvasPixels: canvas ? [canvas.width, canvas.height] : null,
+               canvasCss: canvas ? [canvas.clientWidth, canvas.clientHeight] : null, dpr: window.devicePixelRatio };
+    },
+  };
+})();
