@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError) as e:
         return _error(str(e))
 
 

@@ -28,8 +28,14 @@ ROUTER_FILE = os.path.join(ASSETS, "toy_routers.safetensors")
 FAMILY = "toy_dit"
 
 
+def _need(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the toy model files are not built yet; run `elastic-dit toy-build`")
+
+
 def load_dit(path: str = DIT_FILE) -> ToyDiT:
     from safetensors import safe_open
+    _need(path)
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
     cfg = ToyConfig(**{k: int(v) for k, v in meta.items() if k in ToyConfig.__dataclass_fields__})
@@ -108,6 +114,7 @@ def save_toy_routers(routers: RouterSet, cfg: TrainConfig, path: str = ROUTER_FI
 
 
 def load_toy_routers(path: str = ROUTER_FILE):
+    _need(path)
     return load_routers(path)
 
 
