@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from ...elastic_core.blocks import BlockSpec
@@ -73,10 +72,3 @@ class FamilyAdapter:
         out = original(a)
         return {k: out[k] for k in x}
 
-
-def batch_of(streams: Streams) -> int:
-    return next(iter(streams.values())).shape[0]
-
-
-def rows_of(index: Tensor | None, batch: int, device) -> Tensor:
-    return torch.arange(batch, device=device) if index is None else index
