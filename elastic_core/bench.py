@@ -199,6 +199,9 @@ def format_core(r: dict) -> str:
              f"device {m.get('gpu', m['device'])}, {r['dtype']}",
              f"block: D={sh['dim']}, heads={sh['heads']}, tokens {sh['img_tokens']} img + {sh['txt_tokens']} txt",
              "", f"{'measure':44} {'value':>10} {'target':>10}  result"]
+    if r["size"] == "quick":
+        lines.insert(2, "quick size: a D = 256 block, where fixed per-call costs dominate; the targets are "
+                        "for the real width (--size cpu / gpu)")
     for ro in filter(None, (r["router"], r.get("router_full"))):
         lines.append(f"{'(a) router time / block time, ' + str(ro['tokens']) + ' tokens':44} {ro['fraction']:>10.2%} "
                      f"{'<= 1%':>10}  {ok(ro['fraction'] <= 0.01)}")
