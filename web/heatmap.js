@@ -3,7 +3,7 @@
 // columns into it, and replays Algorithm 1 at other knob values for the what-if preview.
 
 export const SKIP = 0, REUSE = 1, RUN = 2;
-const LABEL_W = 92, TOP = 4, LEGEND_H = 30;
+const LABEL_W = 92, TOP = 4, LEGEND_H = 42;
 
 function hex(c) {
   return [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
@@ -96,7 +96,7 @@ function drawLegend(ctx, lay, opts, palette) {
   ctx.fillText("p: 0", 2, y + 8);
   ctx.fillText("1", lay.x0 + w + 3, y + 8);
   ctx.fillText(`tau ${opts.tau}`, lay.x0, y + 20);
-  ctx.fillText("dark: skip · dot: reuse · bar: width", lay.x0 + 52, y + 20);
+  ctx.fillText("dark: skipped · dot: reused · bar: MLP width", 2, y + 32);
   if (opts.estimate) ctx.fillText("ESTIMATE (what-if from recorded p)", lay.x0 + w + 14, y + 8);
 }
 
