@@ -8,7 +8,7 @@ import { cellAt, drawHeatmap, emptyPayload, mergeStep, summaryText, whatIf } fro
 const NODE_TYPE = "ElasticDiTApply";
 const KNOBS = ["tau", "delta", "max_reuse"];
 const ACTION_NAMES = ["skipped", "reused", "run"];
-const HEIGHT = 260;
+const HEIGHT = 272;
 
 function el(tag, style, text) {
   const e = document.createElement(tag);
@@ -22,7 +22,7 @@ function knob(node, name) {
 }
 
 function createView(node) {
-  const root = el("div", { position: "relative", width: "100%", height: `${HEIGHT}px`, font: "11px sans-serif",
+  const root = el("div", { position: "relative", width: "100%", height: "100%", font: "11px sans-serif",
                            color: "#ddd", display: "flex", flexDirection: "column" });
   root.className = "elastic-dit-heatmap";
   const bar = el("div", { display: "flex", gap: "6px", alignItems: "center", minHeight: "18px", flexWrap: "wrap" });

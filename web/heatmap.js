@@ -3,7 +3,7 @@
 // columns into it, and replays Algorithm 1 at other knob values for the what-if preview.
 
 export const SKIP = 0, REUSE = 1, RUN = 2;
-const LABEL_W = 92, TOP = 4, LEGEND_H = 42;
+const LABEL_W = 92, TOP = 4, LEGEND_H = 54;
 
 function hex(c) {
   return [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
@@ -97,7 +97,10 @@ function drawLegend(ctx, lay, opts, palette) {
   ctx.fillText("1", lay.x0 + w + 3, y + 8);
   ctx.fillText(`tau ${opts.tau}`, lay.x0, y + 20);
   ctx.fillText("dark: skipped · dot: reused · bar: MLP width", 2, y + 32);
-  if (opts.estimate) ctx.fillText("ESTIMATE (what-if from recorded p)", lay.x0 + w + 14, y + 8);
+  if (opts.estimate) {
+    ctx.fillStyle = palette.tau;
+    ctx.fillText("ESTIMATE (what-if from recorded p)", 2, y + 44);
+  }
 }
 
 // Draw one view of a heatmap. grid: {blocks, steps, view: {p, action, width}, palette}.
@@ -191,7 +194,8 @@ export function summaryText(s, estimate) {
   const pct = (x) => `${Math.round(x * 100)}%`;
   let t = `skipped ${pct(s.skipped)} · reused ${pct(s.reused)}`;
   if (s.mean_width !== undefined) t += ` · mean width ${s.mean_width.toFixed(2)}`;
-  t += ` · compute ${pct(s.executed_fraction)} · est. ${s.estimated_speedup.toFixed(2)}x`;
+  const speed = Number.isFinite(s.estimated_speedup) ? `${s.estimated_speedup.toFixed(2)}x` : "∞ (everything skipped)";
+  t += ` · compute ${pct(s.executed_fraction)} · est. ${speed}`;
   if (s.wall_time_s !== undefined && !estimate) t += ` · measured ${s.wall_time_s.toFixed(1)} s`;
   if (s.cache_bytes_peak !== undefined && !estimate) t += ` · cache ${(s.cache_bytes_peak / 2 ** 20).toFixed(1)} MiB`;
   return (estimate ? "what-if estimate: " : "") + t;

@@ -102,6 +102,9 @@ test("what-if: knobs change decisions; the run's own knobs give back the run", (
   assert.ok(low.executed_fraction > same.executed_fraction);
   assert.equal(whatIf(pl, 0, 0.5, 0, 10).reused, 0);
   assert.match(summaryText(same, true), /^what-if estimate: /);
+  const all = whatIf(pl, 0, 1.0, 0, 10);  // every block skipped: no division by zero in the summary
+  assert.equal(all.skipped, 1);
+  assert.match(summaryText(all, true), /est\. ∞ \(everything skipped\)/);
 });
 
 test("what-if equals Python's on a recorded run", { skip: !process.env.ELASTIC_FIXTURE && "no ELASTIC_FIXTURE" }, () => {
