@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -145,9 +144,7 @@ def main(argv=None) -> int:
     result = {"bench": "comfy", "comfyui": version(path), "size": size_name, "dtype": str(dtype),
               "machine": machine_info(device), "rows": rows}
     print(format_rows(result))
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=2)
+    importlib.import_module(pack.__name__ + ".elastic_core.bench").write_json(a.out, result)
     print(f"\nwrote {a.out}")
     return 0
 

@@ -249,8 +249,13 @@ def _cmd(args) -> int:
     args.out = args.out or "bench-results/core.json"
     result = run_core_bench(args.size, args.device)
     print(format_core(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(f"\nwrote {args.out}")
     return 0
+
+
+def write_json(path: str, obj) -> None:
+    """A result file, its folder made as needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)

@@ -1,10 +1,10 @@
 """CLI commands of the toy world: `demo` (the README's main job), `train` (routers), `toy-build`."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from ..bench import write_json
 from ..train import TrainConfig
 
 
@@ -12,8 +12,7 @@ def _demo(args) -> int:
     from .demo import format_demo, run_demo
     r = run_demo(samples=3 if args.quick else args.samples, steps=6 if args.quick else args.steps, out_dir=args.out)
     print(format_demo(r))
-    with open(os.path.join(args.out, "demo.json"), "w") as f:
-        json.dump(r, f, indent=2)
+    write_json(os.path.join(args.out, "demo.json"), r)
     return 0
 
 
