@@ -137,10 +137,15 @@ def masked_mlp(x: Tensor, fc_in: WeightFn, fc_out: WeightFn, act: Callable[[Tens
         h = act(F.linear(x, w1, b1)) * F.linear(x, w3, b3)
     else:
         h = _hidden(F.linear(x, w1, b1), act, layout.gated)  # [B, L, M]
-    if mask.dim() == 2:  # per-sample masks
-        mask = mask.view(mask.shape[0], *([1] * (h.dim() - 2)), mask.shape[1])
     w2, b2 = fc_out(h)
-    return F.linear(h * mask, w2, b2)
+    return F.linear(mask_hidden(h, mask), w2, b2)
+
+
+def mask_hidden(h: Tensor, mask: Tensor) -> Tensor:
+    """h [B, ..., M] times mask [M] or per-sample [B, M], in h's dtype."""
+    if mask.dim() == 2:
+        mask = mask.view(mask.shape[0], *([1] * (h.dim() - 2)), mask.shape[1])
+    return h * mask.to(h.dtype)
 
 
 def module_weights(module) -> WeightFn:

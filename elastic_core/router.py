@@ -80,6 +80,10 @@ class Router(nn.Module):
     def init_full_capacity(self, open_p: float = 0.7, full_width_bias: float = 2.0, std: float = 1e-3,
                            generator: torch.Generator | None = None) -> "Router":
         """Full-capacity init (the released `post_init`): gate open at p = open_p, full width preferred."""
+        mod = self.img_mod[1]  # torch's default Linear init, drawn from `generator` so a seed fixes the routers
+        nn.init.kaiming_uniform_(mod.weight, a=math.sqrt(5), generator=generator)
+        nn.init.uniform_(mod.bias, -1.0 / math.sqrt(mod.in_features), 1.0 / math.sqrt(mod.in_features),
+                         generator=generator)
         nn.init.kaiming_uniform_(self.out[0].weight, a=math.sqrt(5), generator=generator)
         self.out[0].bias.zero_()
         self.out[2].weight.normal_(0.0, std, generator=generator)

@@ -3,6 +3,7 @@ from .apply_node import ElasticDiTApply
 from .files import register_folder
 from .loader_node import ElasticDiTRouterLoader
 from .stats_node import ElasticDiTStats
+from .train_node import ElasticDiTTrainRouter
 
 register_folder()
 
@@ -10,9 +11,11 @@ NODE_CLASS_MAPPINGS = {
     "ElasticDiTRouterLoader": ElasticDiTRouterLoader,
     "ElasticDiTApply": ElasticDiTApply,
     "ElasticDiTStats": ElasticDiTStats,
+    "ElasticDiTTrainRouter": ElasticDiTTrainRouter,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ElasticDiTRouterLoader": "Load Elastic Router",
     "ElasticDiTApply": "Apply Elastic DiT",
     "ElasticDiTStats": "Elastic DiT Stats",
+    "ElasticDiTTrainRouter": "Train Elastic Router",
 }

@@ -11,6 +11,7 @@ The `ElasticPatch` holder deep-copies to itself: cloning the MODEL downstream sh
 from __future__ import annotations
 
 import logging
+import types
 from dataclasses import dataclass
 
 import comfy.model_patcher
@@ -66,16 +67,37 @@ def compile_error() -> RuntimeError:
 
 def _make_hook(patch: ElasticPatch, i: int, prev):
     def hook(args: dict, extra: dict) -> dict:
+        state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
+        ours = state is not None and state.patch is patch
         original = extra["original_block"]
+        if ours and state.recomputes:  # called again later (training's backward): bind it to this block now
+            original = snapshot(original)
         if prev is not None:  # a patch that was here before ours runs whenever the block runs
             inner = original
             original = lambda a: prev(a, {**extra, "original_block": inner})  # noqa: E731
-        state: RunState | None = args.get("transformer_options", {}).get(RUN_KEY)
-        if state is None or state.patch is not patch:  # not sampling under our wrapper: plain block
+            original.elastic_dit_frozen = getattr(inner, "elastic_dit_frozen", False)
+        if not ours:  # not sampling under our wrapper: plain block
             return original(args)
         return state.block(i, args, original)
     hook.elastic_dit_prev = prev  # lets a later Apply node replace this patch instead of stacking on it
     return hook
+
+
+def snapshot(fn):
+    """`fn` with its closure frozen at its current values.
+
+    ComfyUI's `original_block` is a function defined inside the model's block loop; it reads the
+    loop variable `block` when called, so called after the loop (as a backward-pass recompute does)
+    it would run the LAST block. The copy keeps the cells' values of this call. Not a plain function
+    (another node's wrapper): returned as it is, and the caller must not recompute through it.
+    """
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+        return fn
+    cells = tuple(types.CellType(c.cell_contents) for c in fn.__closure__)
+    frozen = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells)
+    frozen.__kwdefaults__ = fn.__kwdefaults__
+    frozen.elastic_dit_frozen = True
+    return frozen
 
 
 def _outer_sample(executor, *args, **kwargs):
@@ -106,20 +128,25 @@ def apply_elastic(model, ckpt: RouterCheckpoint, config: ElasticConfig, window: 
     if _compiled(model):
         raise compile_error()
     m = model.clone()
-    patch = ElasticPatch(adapter, refs, ckpt, config, window, node_id, plan)
-    m.model_options["transformer_options"][HOLDER_KEY] = patch
-    dit = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for i, ref in enumerate(refs):
-        prev = dit.get((ref.hook, ref.index))
-        prev = getattr(prev, "elastic_dit_prev", prev)
-        m.set_model_patch_replace(_make_hook(patch, i, prev), "dit", ref.hook, ref.index)
-        if config.width:
-            for path, twin in adapter.width_patches(dm, ref, patch.slots[i],
-                                                    lambda p: m.get_model_object(f"diffusion_model.{p}")).items():
-                m.add_object_patch(f"diffusion_model.{path}", twin)
+    install(m, ElasticPatch(adapter, refs, ckpt, config, window, node_id, plan), width=config.width)
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample)
     return m
+
+
+def install(m, patch: ElasticPatch, width: bool) -> None:
+    """Put the block hooks (and, with `width`, the MLP twins) of `patch` on the clone `m`."""
+    dm = m.get_model_object("diffusion_model")
+    m.model_options["transformer_options"][HOLDER_KEY] = patch
+    dit = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    for i, ref in enumerate(patch.refs):
+        prev = dit.get((ref.hook, ref.index))
+        prev = getattr(prev, "elastic_dit_prev", prev)
+        m.set_model_patch_replace(_make_hook(patch, i, prev), "dit", ref.hook, ref.index)
+        if width:
+            for path, twin in patch.adapter.width_patches(dm, ref, patch.slots[i],
+                                                          lambda p: m.get_model_object(f"diffusion_model.{p}")).items():
+                m.add_object_patch(f"diffusion_model.{path}", twin)
 
 
 def check_compatible(adapter: FamilyAdapter, dm, refs, ckpt: RouterCheckpoint) -> None:

@@ -31,6 +31,8 @@ def row_keys(cond_or_uncond, batch: int) -> list[tuple[str, int]]:
 
 
 class RunState:
+    recomputes = False  # sampling calls each block once, at once
+
     def __init__(self, patch, sigmas: torch.Tensor, model_sampling):
         self.patch = patch
         self.sample_sigmas = [float(s) for s in sigmas]

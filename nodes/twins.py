@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..elastic_core.elastic_mlp import MLPLayout, elastic_mlp, project_in, project_out
+from ..elastic_core.elastic_mlp import MLPLayout, elastic_mlp, mask_hidden, masked_mlp, project_in, project_out
 from .weights import effective_weights, provider
 
 # Attributes ModelPatcher.load() sets on a loaded module; a twin starts as an unloaded module.
@@ -23,12 +24,14 @@ _LOAD_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
 
 
 class WidthSlot:
-    """The width ratio the current block call runs at; None = full width (original forward)."""
+    """What the current block call runs at: `width`, a ratio (None = full width, the original forward),
+    or, in router training, `mask`, a [B, M] straight-through mask over the hidden channels."""
 
-    __slots__ = ("width",)
+    __slots__ = ("width", "mask")
 
     def __init__(self):
         self.width: float | None = None
+        self.mask: Tensor | None = None
 
 
 class _Twin:
@@ -43,6 +46,9 @@ class _MLPTwin(_Twin):
     """A whole MLP container (Sequential / FeedForward): fc_in -> act -> fc_out at width k, compact."""
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self._slot.mask is not None:  # training: full width, hidden channels masked
+            return masked_mlp(x, provider(self._fc_in), provider(self._fc_out), self._act, self._layout,
+                              self._slot.mask, fc_up=None if self._fc_up is None else provider(self._fc_up))
         w = self._reduced()
         if w is None:
             return super().forward(x, *args, **kwargs)
@@ -65,6 +71,9 @@ class _OutTwin(_Twin):
     """A fused out-projection reading [prefix; mlp M]: reads only prefix + k input channels."""
 
     def forward(self, h: Tensor) -> Tensor:
+        if self._slot.mask is not None:  # training: mask the MLP part of the input, then the full projection
+            p = self._layout.out_prefix
+            return super().forward(torch.cat([h[..., :p], mask_hidden(h[..., p:], self._slot.mask)], dim=-1))
         w = self._reduced()
         if w is None:
             return super().forward(h)

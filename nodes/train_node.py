@@ -1,0 +1,224 @@
+"""Train Elastic Router: routers for the loaded model (any family the pack supports), trained by
+dense-teacher distillation on the user's conditionings; written to models/elastic_routers/.
+
+The model is cloned; training happens on the clone through the same hooks as sampling, with the
+backbone frozen (routers only). Cancel stops after the current step: the routers trained so far are
+saved (with the optimizer state, so `resume` can go on), then ComfyUI reports the interruption.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+
+from ..elastic_core.config import ElasticConfig
+from ..elastic_core.checkpoint import RouterCheckpoint, RouterMeta, load_routers, save_routers
+from ..elastic_core.router import RouterSet
+from ..elastic_core.train import RouterTrainer, TrainConfig
+from .adapters import adapter_for
+from .files import FOLDER
+from .loader_node import ROUTER_TYPE
+from .rope_grad import ensure_rope_grad
+from .patch import HOLDER_KEY, RUN_KEY, CacheWindow, ElasticPatch, install
+from .train_state import TrainSampler, TrainState, dense_trajectories, perf_and_aux
+
+log = logging.getLogger("elastic_dit")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,100}$")
+STATE_SUFFIX = ".train_state"  # beside the router file; not a .safetensors name, so the loader lists only routers
+
+
+def router_path(filename: str, resume: bool) -> str:
+    """models/elastic_routers/<filename>.safetensors; an existing file is never overwritten unless resuming."""
+    stem = filename[:-12] if filename.lower().endswith(".safetensors") else filename
+    if not _NAME.match(stem) or ".." in stem:
+        raise ValueError(f"filename {filename!r}: expected a plain file name (letters, digits, space, _ . -), "
+                         "no folders")
+    folder = folder_paths.get_folder_paths(FOLDER)[0]
+    path = os.path.join(folder, stem + ".safetensors")
+    n = 0
+    while not resume and (os.path.exists(path) or os.path.exists(path + STATE_SUFFIX)):
+        n += 1
+        path = os.path.join(folder, f"{stem}_{n:05d}.safetensors")
+    return path
+
+
+def _frozen_weights(m, dm) -> None:
+    """Make the clone's backbone a constant for autograd, without touching the user's model.
+
+    - Gradients must reach the routers only: ComfyUI's parameters may have requires_grad set, and a
+      backward through them would fill the user's model with .grad tensors.
+    - Tensors made under torch.inference_mode (how ComfyUI loads models) cannot be saved for backward.
+    comfy.ops layers get a weight wrapper (applied inside their cast, per call: a detached view, or a
+    plain copy of an inference tensor, so no lasting second copy of the weights); other parameters
+    (norm scales: small) are object-patched with detached copies. ComfyUI undoes both when it
+    unpatches the clone.
+    """
+    for name, module in dm.named_modules():
+        cast = hasattr(module, "weight_function")
+        for pname, p in module.named_parameters(recurse=False):
+            key = f"diffusion_model.{name}.{pname}" if name else f"diffusion_model.{pname}"
+            if cast and pname in ("weight", "bias"):
+                m.add_weight_wrapper(key, _constant)
+            else:
+                with torch.inference_mode(False), torch.no_grad():
+                    m.add_object_patch(key, torch.nn.Parameter(p.clone(), requires_grad=False))
+
+
+def _constant(w):
+    if not isinstance(w, torch.Tensor):
+        return w
+    if w.is_inference():
+        with torch.no_grad():
+            return w.clone()
+    return w.detach()
+
+
+class ElasticDiTTrainRouter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        f = lambda d, lo, hi, st, tip: ("FLOAT", {"default": d, "min": lo, "max": hi, "step": st, "tooltip": tip})  # noqa: E731
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The plain model (Qwen-Image, Flux.1, Chroma) to train routers for. "
+                                   "It is cloned, never changed."}),
+                "positive": ("CONDITIONING", {"tooltip": "Prompts like the ones you will sample with."}),
+                "latent_image": ("LATENT", {"tooltip": "An empty latent of the size you will sample at."}),
+                "steps": ("INT", {"default": 200, "min": 1, "max": 100000, "tooltip": "Training steps."}),
+                "learning_rate": f(1e-3, 1e-6, 1.0, 1e-5, "Adam learning rate of the routers."),
+                "rho_g": f(0.5, 0.0, 1.0, 0.01, "Target mean gate: the share of blocks that should run."),
+                "rho_w": f(0.6, 0.25, 1.0, 0.01, "Target mean MLP width of the blocks that run."),
+                "filename": ("STRING", {"default": "my_model_router", "tooltip": "Saved as models/elastic_routers/"
+                                        "<filename>.safetensors (a number is added rather than overwrite)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": "Needed when cfg > 1."}),
+                "cfg": f(1.0, 1.0, 30.0, 0.1, "The CFG you will sample with (1 for Flux-dev, ~4 for Qwen-Image)."),
+                "sampling_steps": ("INT", {"default": 20, "min": 2, "max": 200,
+                                           "tooltip": "Steps of the dense teacher runs (your sampling steps)."}),
+                "teacher_runs": ("INT", {"default": 4, "min": 1, "max": 256,
+                                         "tooltip": "Dense sampling runs (seeds) whose states the routers train on."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute each block in the "
+                                           "backward pass: far less memory, about 1.3x the time."}),
+                "save_every": ("INT", {"default": 50, "min": 1, "max": 100000,
+                                       "tooltip": "Save the routers every this many steps (and at the end or on Cancel)."}),
+                "resume": ("BOOLEAN", {"default": False, "tooltip": "Go on from <filename>'s saved training state."}),
+            },
+        }
+
+    RETURN_TYPES = (ROUTER_TYPE,)
+    RETURN_NAMES = ("router",)
+    OUTPUT_TOOLTIPS = ("The trained routers, saved and ready for Apply Elastic DiT.",)
+    FUNCTION = "train"
+    CATEGORY = "Elastic DiT"
+    DESCRIPTION = ("Trains E-DiT routers for this model by distillation from its own dense output; "
+                   "no image data set needed.")
+
+    def train(self, model, positive, latent_image, steps, learning_rate, rho_g, rho_w, filename, seed,
+              negative=None, cfg=1.0, sampling_steps=20, teacher_runs=4, batch_size=1,
+              gradient_checkpointing=True, save_every=50, resume=False):
+        # -- everything that can be wrong is found before any sampling ----------------------------
+        if HOLDER_KEY in model.model_options.get("transformer_options", {}):
+            raise ValueError("this MODEL already comes from Apply Elastic DiT; train on the plain model")
+        dm = model.get_model_object("diffusion_model")
+        adapter = adapter_for(dm)  # a clear error for families the pack does not know
+        refs = adapter.blocks(dm)
+        if cfg > 1.0 and negative is None:
+            raise ValueError(f"cfg {cfg} needs a negative conditioning (connect one, or set cfg to 1)")
+        if not isinstance(latent_image, dict) or "samples" not in latent_image:
+            raise ValueError("latent_image must be a LATENT (e.g. from Empty Latent Image)")
+        path = router_path(filename, resume)
+        state_file = path + STATE_SUFFIX
+        if resume and not os.path.isfile(state_file):
+            raise FileNotFoundError(f"resume: no training state {state_file}; train without resume first")
+        config = TrainConfig(steps=steps, lr=learning_rate, rho_g=rho_g, rho_w=rho_w,
+                             grad_checkpoint=gradient_checkpointing)
+        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these tensors will train
+            routers = RouterSet(adapter.router_config(dm), [r.spec.name for r in refs]).init_full_capacity(
+                generator=torch.Generator().manual_seed(seed))
+        meta = RouterMeta.for_routers(
+            routers, adapter.family, rho_g=rho_g, rho_w=rho_w,
+            defaults={"tau": config.tau, "delta": 0.015, "max_reuse": 10, "cache_start": 0.5, "cache_end": 1.0},
+            provenance={"trainer": "Train Elastic Router (dense-teacher distillation)", "steps": str(steps),
+                        "cfg": str(cfg), "sampling_steps": str(sampling_steps)})
+
+        ensure_rope_grad()
+
+        # -- the teacher: dense runs of the model as given ---------------------------------------
+        t0 = time.perf_counter()
+        teacher = dense_trajectories(model, positive, negative if negative is not None else positive,
+                                     latent_image["samples"], cfg, sampling_steps, teacher_runs, seed)
+        log.info("Elastic DiT training: %d teacher states from %d dense runs in %.1f s",
+                 len(teacher), teacher_runs, time.perf_counter() - t0)
+
+        # -- the student: a clone with training hooks -------------------------------------------
+        with torch.inference_mode(False), torch.enable_grad():
+            m = model.clone()
+            patch = ElasticPatch(adapter, refs, RouterCheckpoint(routers, meta, path), ElasticConfig(),
+                                 CacheWindow())
+            install(m, patch, width=True)
+            state = TrainState(patch, config.tau, gradient_checkpointing)
+            m.model_options["transformer_options"][RUN_KEY] = state
+            _frozen_weights(m, dm)
+            box = {}
+
+            def save(trainer: RouterTrainer) -> None:
+                routers.to("cpu")
+                save_routers(path, routers, meta)
+                trainer.save(state_file)
+                routers.to(box["device"])
+                box["saved"] = trainer.step
+
+            def loop(predict, device) -> None:
+                box["device"] = device
+                routers.to(device).requires_grad_(True)
+                trainer = RouterTrainer(routers, config)
+                if resume:
+                    trainer.resume(state_file)
+                pbar = comfy.utils.ProgressBar(steps)
+                pbar.update_absolute(trainer.step, steps)
+                gen = torch.Generator().manual_seed(seed + trainer.step)
+
+                def progress(mx: dict) -> None:
+                    pbar.update_absolute(mx["step"], steps)
+                    if mx["step"] % save_every == 0 or mx["step"] == steps:
+                        save(trainer)
+                    if mx["step"] % 10 == 0 or mx["step"] == steps:
+                        log.info("Elastic DiT training step %d/%d: loss %.5f, mean gate %.3f, open %.2f, mean width %.3f",
+                                 mx["step"], steps, mx["loss"], mx["mean_gate"], mx["open"], mx["mean_width"])
+
+                box["trainer"] = trainer
+                try:
+                    trainer.fit(perf_and_aux(state, predict, teacher, batch_size, gen, device),
+                                steps=max(steps - trainer.step, 0), progress=progress,
+                                should_stop=comfy.model_management.processing_interrupted)
+                finally:  # Cancel, an error, or the end: what was trained is on disk
+                    if trainer.history and box.get("saved") != trainer.step:
+                        save(trainer)
+
+            lat = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
+            guider = comfy.samplers.CFGGuider(m)
+            guider.set_conds(positive, negative if negative is not None else positive)
+            guider.set_cfg(cfg)
+            sigmas = torch.tensor([float(teacher.sigma.max()), 0.0])
+            try:
+                guider.sample(torch.zeros_like(lat), lat, TrainSampler(loop), sigmas, seed=seed, disable_pbar=True)
+            finally:
+                routers.to("cpu").requires_grad_(False)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        trainer = box["trainer"]
+        if trainer.history:
+            last = trainer.history[-1]
+            log.info("Elastic DiT: trained %s in %.0f s (mean gate %.3f, mean width %.3f)", path,
+                     time.perf_counter() - t0, last["mean_gate"], last["mean_width"])
+        return (load_routers(path),)
