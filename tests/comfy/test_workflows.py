@@ -18,7 +18,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
-EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json"}
+EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json", "flux-dev-train-router.json"}
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # never reach the server
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}  # everything else is a socket
@@ -234,7 +234,7 @@ def test_elastic_wiring(wf):
     (apply,) = [n for n in wf["nodes"] if n["type"] == "ElasticDiTApply"]
     (stats,) = [n for n in wf["nodes"] if n["type"] == "ElasticDiTStats"]
     assert [i["name"] for i in apply["inputs"]] == ["model", "router"]
-    assert src[(apply["id"], "router")]["type"] == "ElasticDiTRouterLoader"
+    assert src[(apply["id"], "router")]["type"] in ("ElasticDiTRouterLoader", "ElasticDiTTrainRouter")
     assert src[(apply["id"], "model")]["type"] in ("UNETLoader", "ModelSamplingAuraFlow")
     sampler = src[(stats["id"], "samples")]
     assert sampler["type"] == "KSampler" and src[(sampler["id"], "model")] is apply
@@ -250,7 +250,8 @@ def test_node_types_exist(wf, mappings):
     if unknown == ["ElasticDiTStats"]:
         _classes(wf, mappings)  # skips, saying why
     assert not unknown, f"not node types of this ComfyUI (core, comfy_extras, this pack): {unknown}"
-    assert {"ElasticDiTRouterLoader", "ElasticDiTApply", "ElasticDiTStats"} <= types
+    assert {"ElasticDiTApply", "ElasticDiTStats"} <= types
+    assert types & {"ElasticDiTRouterLoader", "ElasticDiTTrainRouter"}
 
 
 def test_apply_node_interface(mappings):
