@@ -15,7 +15,7 @@ venv: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 
 demo: venv
-	$(VENV)/bin/elastic-dit bench --size quick --out bench-results/demo.json
+	$(VENV)/bin/elastic-dit demo --out demo-output
 
 bench: venv
 	$(VENV)/bin/elastic-dit bench

@@ -229,6 +229,10 @@ def add_parser(sub) -> None:
                    "Qwen-Image classes (runs devtools/bench_comfy.py; needs a ComfyUI and its Python)")
     p.add_argument("--comfyui", default=None, help="with --comfy: the ComfyUI checkout (default: as the tests find it)")
     p.add_argument("--python", default=sys.executable, help="with --comfy: the Python that runs that ComfyUI")
+    p.add_argument("--toy", action="store_true", help="the paper's ablation in miniature on the built-in toy model "
+                   "(dense, skip, +width, +cache, static and first-block-cache baselines at the same compute)")
+    p.add_argument("--samples", type=int, default=16, help="with --toy: test samples (complexity 0..1)")
+    p.add_argument("--steps", type=int, default=20, help="with --toy: sampling steps")
     p.set_defaults(func=_cmd)
 
 
@@ -243,9 +247,21 @@ def _comfy(args) -> int:
     return subprocess.call(cmd)
 
 
+def _toy(args) -> int:
+    from .toy.ablation import format_ablation, run_ablation
+    args.out = args.out or "bench-results/toy.json"
+    result = run_ablation(args.samples, args.steps)
+    print(format_ablation(result))
+    write_json(args.out, result)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def _cmd(args) -> int:
     if args.comfy:
         return _comfy(args)
+    if args.toy:
+        return _toy(args)
     args.out = args.out or "bench-results/core.json"
     result = run_core_bench(args.size, args.device)
     print(format_core(result))

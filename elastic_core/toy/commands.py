@@ -7,6 +7,8 @@ import time
 from ..bench import write_json
 from ..train import TrainConfig
 
+ROUTER_LR = 3e-3
+
 
 def _demo(args) -> int:
     from .demo import format_demo, run_demo
@@ -43,7 +45,7 @@ def _build(args) -> int:
     model = P.train_dit(steps=args.dit_steps, progress=lambda i, loss: print(
         f"toy DiT step {i:>5}  loss {loss:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True) if i % 100 == 0 else None)
     P.save_dit(model, P.DIT_FILE)
-    cfg = TrainConfig(steps=args.router_steps, lr=3e-3, rho_g=0.5, rho_w=0.6)
+    cfg = TrainConfig(steps=args.router_steps, lr=ROUTER_LR, rho_g=0.5, rho_w=0.6)
     routers, _ = P.train_routers(P.load_dit(), cfg, progress=_progress(50))
     P.save_toy_routers(routers, cfg, P.ROUTER_FILE)
     print(f"wrote {P.DIT_FILE} and {P.ROUTER_FILE}")
@@ -66,8 +68,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", default=None, help="a .state file saved by an earlier run")
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
-    p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 20 minutes on 2 cores)")
-    p.add_argument("--dit-steps", type=int, default=2000)
-    p.add_argument("--router-steps", type=int, default=400)
+    p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 40 minutes on 2 cores)")
+    p.add_argument("--dit-steps", type=int, default=3000)
+    p.add_argument("--router-steps", type=int, default=600)
     p.set_defaults(func=_build)
 

@@ -5,7 +5,6 @@ heatmap of the most complex sample (the widget's look) and an image grid (top de
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -14,14 +13,9 @@ import torch
 from ..config import ElasticConfig
 from ..heatmap import payload, render
 from ..png import write_png
+from .metrics import psnr
 from .pipeline import generate, load_dit, load_toy_routers
 from .world import WorldSpec, batch
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = torch.mean((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def _to_rgb(x: torch.Tensor, scale: int = 3) -> np.ndarray:
@@ -68,6 +62,11 @@ def format_demo(r: dict) -> str:
     for x in r["rows"]:
         lines.append(f"{x['sample']:>6} {x['complexity']:>10.2f} {x['executed_fraction']:>8.0%} {x['skipped']:>8.0%} "
                      f"{x['reused']:>7.0%} {x['mean_width']:>6.2f} {x['wall_speedup']:>7.2f}x {x['psnr_db']:>8.1f}")
+    rows = r["rows"]
+    mean = lambda k: sum(x[k] for x in rows) / len(rows)  # noqa: E731
+    lines.append(f"{'mean':>6} {'':>10} {mean('executed_fraction'):>8.0%} {mean('skipped'):>8.0%} "
+                 f"{mean('reused'):>7.0%} {mean('mean_width'):>6.2f} {mean('wall_speedup'):>7.2f}x {mean('psnr_db'):>8.1f}"
+                 f"   ({1 / mean('executed_fraction'):.2f}x less compute)")
     lines.append(f"wrote {os.path.join(r['out_dir'], 'grid.png')} (top dense, bottom E-DiT) and "
                  f"{os.path.join(r['out_dir'], 'heatmap.png')} (the most complex sample)")
     return "\n".join(lines)

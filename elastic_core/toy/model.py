@@ -22,7 +22,7 @@ from .world import VOCAB, WorldSpec
 class ToyConfig:
     image: int = 32
     patch: int = 4
-    dim: int = 64
+    dim: int = 128
     heads: int = 4
     depth: int = 12
     tokens: int = WorldSpec().tokens

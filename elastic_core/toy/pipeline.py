@@ -5,6 +5,7 @@ routers alone.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Callable
@@ -40,8 +41,30 @@ def load_dit(path: str = DIT_FILE) -> ToyDiT:
         meta = f.metadata() or {}
     cfg = ToyConfig(**{k: int(v) for k, v in meta.items() if k in ToyConfig.__dataclass_fields__})
     model = ToyDiT(cfg)
-    model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+    model.load_state_dict(_dequantize(load_file(path)))
     return model.eval()
+
+
+_SCALE = ".row_scale"  # int8 weights are stored with one fp16 scale per output row
+
+
+def _quantize(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Matrices as int8 with a per-row scale (half the size of fp16), everything else fp16."""
+    out = {}
+    for k, v in sd.items():
+        v = v.detach().float()
+        if v.dim() == 2 and v.numel() >= 4096:
+            scale = v.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # [rows]
+            out[k] = torch.round(v / scale[:, None]).to(torch.int8).contiguous()
+            out[k + _SCALE] = scale.half().contiguous()
+        else:
+            out[k] = v.half().contiguous()
+    return out
+
+
+def _dequantize(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.float() * sd[k + _SCALE].float()[:, None] if k + _SCALE in sd else v.float())
+            for k, v in sd.items() if not k.endswith(_SCALE)}
 
 
 def train_dit(steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, cfg: ToyConfig = ToyConfig(),
@@ -67,7 +90,7 @@ def train_dit(steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: i
 def save_dit(model: ToyDiT, path: str = DIT_FILE) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     meta = {k: str(v) for k, v in model.cfg.to_dict().items()}
-    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+    save_file(_quantize(model.state_dict()), path, metadata=meta)
 
 
 def new_routers(model: ToyDiT) -> RouterSet:
@@ -110,12 +133,14 @@ def save_toy_routers(routers: RouterSet, cfg: TrainConfig, path: str = ROUTER_FI
                                   rho_g=cfg.rho_g, rho_w=cfg.rho_w,
                                   provenance={"trainer": "elastic-dit train (dense-teacher distillation)",
                                               "steps": str(cfg.steps), "notes": notes})
-    save_routers(path, routers, meta)
+    save_routers(path, copy.deepcopy(routers).half(), meta)  # shipped small; load_toy_routers computes in fp32
 
 
 def load_toy_routers(path: str = ROUTER_FILE):
     _need(path)
-    return load_routers(path)
+    ckpt = load_routers(path)
+    ckpt.routers.float()
+    return ckpt
 
 
 def generate(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: int,

@@ -1,5 +1,9 @@
 """The toy world and the toy DiT: complexity is a real dial, the model is a working rectified flow."""
+import json
+import os
+
 import numpy as np
+import pytest
 import torch
 
 from elastic_core.toy.model import ToyConfig, ToyDiT, flow_loss, sample
@@ -37,3 +41,63 @@ def test_toy_dit_starts_as_identity_and_learns():
     assert loss.item() < 0.8 * first
     out = sample(lambda xt, t, i: m(xt, t, tok), torch.randn(8, 3, 32, 32), steps=3)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# -- the shipped toy model, the demo and the ablation's parts -----------------------------------------
+
+def test_shipped_toy_files_load_and_match():
+    from elastic_core.toy import pipeline as P
+    model, ckpt = P.load_dit(), P.load_toy_routers()
+    assert len(model.blocks) >= 12 and ckpt.meta.family == P.FAMILY
+    assert list(ckpt.routers.block_names) == [s.name for s in model.specs()]
+    assert (ckpt.meta.rho_g, ckpt.meta.rho_w) == (0.5, 0.6)
+    total = sum(os.path.getsize(p) for p in (P.DIT_FILE, P.ROUTER_FILE))
+    assert total < 10 * 2 ** 20, f"the shipped toy files are {total / 2 ** 20:.1f} MiB"
+
+
+def test_demo_quick_form_runs_and_writes_its_files(tmp_path):
+    from elastic_core.cli import main
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    r = json.loads((out / "demo.json").read_text())
+    assert len(r["rows"]) == 3
+    for row in r["rows"]:
+        assert 0.0 < row["executed_fraction"] < 1.0 and row["wall_speedup"] > 0 and row["psnr_db"] > 5
+    for name in ("grid.png", "heatmap.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics():
+    from elastic_core.toy.metrics import psnr, spearman, ssim
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    b = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    assert ssim(a, a) == pytest.approx(1.0) and 0.0 < ssim(a, b) < 1.0
+    assert psnr(a, b) > psnr(a, -a) and psnr(a, a) == float("inf")
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [5, 5, 5]) == 0.0
+
+
+def test_static_plan_meets_the_compute_target():
+    from elastic_core.toy.ablation import static_plan
+    from elastic_core.toy.model import ToyConfig, ToyDiT
+    model = ToyDiT(ToyConfig(depth=12))
+    drop, width, frac = static_plan(model, 0.5, (0.25, 0.5, 0.75, 1.0))
+    assert abs(frac - 0.5) < 0.05 and 0 not in drop and 11 not in drop
+    assert static_plan(model, 1.0, (0.25, 0.5, 0.75, 1.0))[:2] == (set(), 1.0)
+
+
+def test_first_block_cache_threshold_trades_compute():
+    from elastic_core.toy.ablation import first_block_cache
+    from elastic_core.toy.model import ToyConfig, ToyDiT
+    torch.manual_seed(0)
+    model = ToyDiT(ToyConfig(depth=4)).eval()
+    for blk in model.blocks:  # not the identity init, so block 0's residual changes with the step
+        torch.nn.init.normal_(blk.img_mod.weight, std=0.05)
+    tok = torch.zeros(1, model.cfg.tokens, dtype=torch.long)
+    noise = torch.randn(1, 3, model.cfg.image, model.cfg.image)
+    _, never = first_block_cache(model, tok, noise, 6, 0.0)
+    _, always = first_block_cache(model, tok, noise, 6, 1e9)
+    assert never == 1.0
+    assert always == pytest.approx((4 + 5 * 1) / (4 * 6))  # the first step runs all, then only block 0
