@@ -28,7 +28,7 @@ from .adapters import adapter_for
 from .files import FOLDER
 from .loader_node import ROUTER_TYPE
 from .rope_grad import ensure_rope_grad
-from .patch import HOLDER_KEY, RUN_KEY, CacheWindow, ElasticPatch, install
+from .patch import HOLDER_KEY, RUN_KEY, CacheWindow, ElasticPatch, check_compatible, install
 from .train_state import TrainSampler, TrainState, dense_trajectories, perf_and_aux
 
 log = logging.getLogger("elastic_dit")
@@ -141,6 +141,8 @@ class ElasticDiTTrainRouter:
         state_file = path + STATE_SUFFIX
         if resume and not os.path.isfile(state_file):
             raise FileNotFoundError(f"resume: no training state {state_file}; train without resume first")
+        if resume:  # the saved routers must be this model's
+            check_compatible(adapter, dm, refs, load_routers(path))
         config = TrainConfig(steps=steps, lr=learning_rate, rho_g=rho_g, rho_w=rho_w,
                              grad_checkpoint=gradient_checkpointing)
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these tensors will train
@@ -152,6 +154,9 @@ class ElasticDiTTrainRouter:
             provenance={"trainer": "Train Elastic Router (dense-teacher distillation)", "steps": str(steps),
                         "cfg": str(cfg), "sampling_steps": str(sampling_steps)})
 
+        n_params = sum(p.numel() for p in routers.parameters())
+        log.info("Elastic DiT training: %d routers, %.1f M parameters (%.2f GB with gradients and Adam state)",
+                 len(routers), n_params / 1e6, n_params * 16 / 1e9)
         ensure_rope_grad()
 
         # -- the teacher: dense runs of the model as given ---------------------------------------

@@ -126,6 +126,10 @@ def test_never_overwrites_and_refuses_bad_input_before_sampling(env):
             _train(nodes, model, pos, lat, filename="never trained", resume=True)
         with pytest.raises(ValueError, match="Apply Elastic DiT"):
             _train(nodes, el.apply(nodes, model, a), pos, lat)
+        qwen = _model(tiny, "qwen")
+        qpos, _, qlat = _inputs(tiny, qwen, "qwen")
+        with pytest.raises(ValueError, match="made for the 'flux' family"):
+            _train(nodes, qwen, qpos, qlat, filename="same", resume=True)  # same.safetensors holds Flux routers
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     assert calls == []  # nothing sampled before the errors
