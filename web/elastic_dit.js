@@ -3,12 +3,13 @@
 // as a what-if estimate when tau, delta or max_reuse move. Nothing here is saved with the workflow.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { cellAt, drawHeatmap, emptyPayload, mergeStep, summaryText, whatIf } from "./heatmap.js";
+import { canvasHeightFor, cellAt, drawHeatmap, emptyPayload, mergeStep, summaryText, whatIf } from "./heatmap.js";
 
 const NODE_TYPE = "ElasticDiTApply";
 const KNOBS = ["tau", "delta", "max_reuse"];
 const ACTION_NAMES = ["skipped", "reused", "run"];
-const HEIGHT = 272;
+const HEIGHT = 272;  // the widget's least height; taller when a run has many blocks (minHeight below)
+const BAR_H = 22;  // the selector / summary line above the canvas
 
 function el(tag, style, text) {
   const e = document.createElement(tag);
@@ -42,25 +43,43 @@ function setup(node) {
   const state = { payload: null, view: 0, estimate: null, drawn: null };
   node.elasticDiT = state;  // read by the browser tests
 
+  const minHeight = () => Math.max(HEIGHT, BAR_H + canvasHeightFor(state.payload?.blocks?.length ?? 0));
   const widget = node.addDOMWidget("elastic_heatmap", "elastic_heatmap", ui.root,
-                                   { serialize: false, hideOnZoom: false, getMinHeight: () => HEIGHT });
+                                   { serialize: false, hideOnZoom: false, getMinHeight: minHeight });
   widget.serialize = false;  // older frontends read the flag from the widget itself
   // The node was sized before this widget existed: grow it so the heatmap sits inside the node.
   const fit = node.computeSize?.();
   if (fit) node.setSize([Math.max(node.size[0], fit[0]), Math.max(node.size[1], fit[1])]);
 
+  function grow() {  // a run with more blocks than fit: make the node tall enough for 4 px rows
+    const fit = node.computeSize?.();
+    if (fit && node.size[1] < fit[1]) {
+      node.setSize([node.size[0], fit[1]]);
+      app.graph?.setDirtyCanvas?.(true, true);
+    }
+  }
+
+  // Sharp at any screen density and canvas zoom: the backing store has device pixels, the drawing
+  // (and cellAt, which reads mouse offsets) works in CSS pixels.
+  const pixelScale = () => (window.devicePixelRatio || 1) * Math.max(app.canvas?.ds?.scale ?? 1, 1);
+
   function redraw() {
     const pl = state.payload;
     const w = Math.max(ui.canvas.clientWidth || 300, 120), h = Math.max(ui.canvas.clientHeight || 200, 60);
-    ui.canvas.width = w;
-    ui.canvas.height = h;
+    const k = pixelScale();
+    state.scale = k;
+    ui.canvas.width = Math.round(w * k);
+    ui.canvas.height = Math.round(h * k);
+    ui.canvas.dataset.scale = String(k);
     if (!pl || !pl.views.length) return;
     const view = pl.views[Math.min(state.view, pl.views.length - 1)];
     const est = state.estimate;
     const tau = est ? knob(node, "tau") : pl.config.tau, delta = est ? knob(node, "delta") : pl.config.delta;
     const grid = { blocks: pl.blocks, steps: pl.steps, palette: pl.palette,
                    view: est ? { ...view, action: est.action } : view };
-    state.drawn = drawHeatmap(ui.canvas.getContext("2d"), grid, { width: w, height: h, tau, delta, estimate: !!est });
+    const ctx = ui.canvas.getContext("2d");
+    ctx.setTransform(k, 0, 0, k, 0, 0);
+    state.drawn = drawHeatmap(ctx, grid, { width: w, height: h, tau, delta, estimate: !!est });
     ui.canvas.dataset.cells = String(state.drawn.cells);
     ui.canvas.dataset.estimate = est ? "1" : "0";
     ui.summary.textContent = pl.live ? `sampling… step ${pl.steps.filter((s) => s.sigma !== null).length}/${pl.steps.length}`
@@ -119,9 +138,9 @@ function setup(node) {
 
   const mine = (detail) => detail && String(detail.node).split(":").pop() === String(node.id);
   const handlers = {
-    "elastic_dit.start": (d) => { state.payload = emptyPayload(d); state.estimate = null; },
+    "elastic_dit.start": (d) => { state.payload = emptyPayload(d); state.estimate = null; grow(); },
     "elastic_dit.step": (d) => { if (state.payload?.live) { mergeStep(state.payload, d); fillViews(); } },
-    "elastic_dit.done": (d) => { state.payload = d; fillViews(); whatIfNow(); },
+    "elastic_dit.done": (d) => { state.payload = d; fillViews(); grow(); whatIfNow(); },
   };
   const listeners = Object.entries(handlers).map(([ev, fn]) => {
     const l = (e) => { if (mine(e.detail)) { fn(e.detail); redraw(); } };
@@ -134,6 +153,11 @@ function setup(node) {
     return onRemoved?.apply(this, arguments);
   };
   if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => redraw()).observe(ui.canvas);
+  const onDrawForeground = node.onDrawForeground;
+  node.onDrawForeground = function () {  // zooming the canvas resizes nothing: redraw when the scale moved
+    if (state.payload && state.scale !== pixelScale()) redraw();
+    return onDrawForeground?.apply(this, arguments);
+  };
   state.redraw = redraw;
 }
 

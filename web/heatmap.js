@@ -4,6 +4,12 @@
 
 export const SKIP = 0, REUSE = 1, RUN = 2;
 const LABEL_W = 92, TOP = 4, LEGEND_H = 54;
+const MIN_ROW_PX = 4;  // a block row never gets thinner than this (57 Flux blocks, 60 Qwen-Image blocks)
+
+// The canvas height (CSS pixels) that gives every one of nBlocks rows at least MIN_ROW_PX.
+export function canvasHeightFor(nBlocks) {
+  return TOP + LEGEND_H + MIN_ROW_PX * Math.max(nBlocks, 1) + 8;
+}
 
 function hex(c) {
   return [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));

@@ -120,6 +120,9 @@
       return {
         hasState: !!s, summary: root?.dataset.summary ?? null, cells: canvas?.dataset.cells ?? null,
         estimate: canvas?.dataset.estimate ?? null, drawnCells: s?.drawn?.cells ?? null,
+        pixels: canvas ? { width: canvas.width, height: canvas.height, cssWidth: canvas.clientWidth,
+                           cssHeight: canvas.clientHeight, scale: Number(canvas.dataset.scale ?? NaN),
+                           dpr: window.devicePixelRatio, zoom: app().canvas?.ds?.scale ?? null } : null,
         payload: pl ? { live: !!pl.live, blocks: pl.blocks.length, steps: pl.steps.length, hasCosts: !!pl.costs,
                         config: pl.config, views: pl.views.map((v) => ({ stream: v.stream, sample: v.sample,
                           actions: [...new Set(v.action.flat())].sort(), widths: [...new Set(v.width.flat())].sort() })) } : null,

@@ -268,6 +268,10 @@ def test_heatmap_shows_the_finished_run(run, browser):
     assert pl["blocks"] == N_BLOCKS and pl["steps"] == STEPS, pl
     assert st["cells"] == str(N_BLOCKS * STEPS), f"canvas.dataset.cells = {st['cells']}, want {N_BLOCKS}x{STEPS}"
     assert st["estimate"] == "0"
+    px = st["pixels"]  # drawn in device pixels: dpr x canvas zoom (when zoomed in), never blurred up by the browser
+    want = px["dpr"] * max(px["zoom"] or 1, 1)
+    assert px["scale"] == pytest.approx(want), px
+    assert abs(px["width"] - round(px["cssWidth"] * want)) <= 1 and abs(px["height"] - round(px["cssHeight"] * want)) <= 1, px
     assert "skipped" in st["summary"] and not st["summary"].startswith("what-if"), st["summary"]
     assert {(v["stream"], v["sample"]) for v in pl["views"]} == {("cond", 0), ("uncond", 0)}, pl["views"]
     for v in pl["views"]:  # the routers forced skip, reuse and reduced width: all three show

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { cellAt, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
+import { canvasHeightFor, cellAt, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
   from "../../web/heatmap.js";
 
 const PALETTE = { ramp: ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"], skip: "#000000", skip_alpha: 0.6,
@@ -114,4 +114,13 @@ test("what-if equals Python's on a recorded run", { skip: !process.env.ELASTIC_F
     assert.deepEqual(got.action, c.expected.action, JSON.stringify(c));
     for (const k of ["skipped", "reused", "executed_fraction"]) assert.ok(Math.abs(got[k] - c.expected[k]) < 1e-12, k);
   }
+});
+
+test("the canvas grows with the block count: every row keeps at least 4 px", () => {
+  for (const n of [4, 24, 57, 60]) {
+    const lay = layout(360, canvasHeightFor(n), n, 28);
+    assert.ok(lay.ch >= 4, `${n} blocks: rows of ${lay.ch} px`);
+    assert.ok(lay.legendY + 54 - 8 <= canvasHeightFor(n), `${n} blocks: the legend fits`);
+  }
+  assert.ok(canvasHeightFor(60) > canvasHeightFor(4));
 });
