@@ -247,13 +247,10 @@ def _comfy(args) -> int:
     return subprocess.call(cmd)
 
 
-def _toy(args) -> int:
-    from .toy.ablation import format_ablation, run_ablation
-    args.out = args.out or "bench-results/toy.json"
-    result = run_ablation(args.samples, args.steps)
-    print(format_ablation(result))
-    write_json(args.out, result)
-    print(f"\nwrote {args.out}")
+def _report(out: str, result: dict, text: str) -> int:
+    print(text)
+    write_json(out, result)
+    print(f"\nwrote {out}")
     return 0
 
 
@@ -261,13 +258,11 @@ def _cmd(args) -> int:
     if args.comfy:
         return _comfy(args)
     if args.toy:
-        return _toy(args)
-    args.out = args.out or "bench-results/core.json"
+        from .toy.ablation import format_ablation, run_ablation
+        result = run_ablation(args.samples, args.steps)
+        return _report(args.out or "bench-results/toy.json", result, format_ablation(result))
     result = run_core_bench(args.size, args.device)
-    print(format_core(result))
-    write_json(args.out, result)
-    print(f"\nwrote {args.out}")
-    return 0
+    return _report(args.out or "bench-results/core.json", result, format_core(result))
 
 
 def write_json(path: str, obj) -> None:

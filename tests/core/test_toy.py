@@ -101,3 +101,17 @@ def test_first_block_cache_threshold_trades_compute():
     _, always = first_block_cache(model, tok, noise, 6, 1e9)
     assert never == 1.0
     assert always == pytest.approx((4 + 5 * 1) / (4 * 6))  # the first step runs all, then only block 0
+
+
+def test_toy_ablation_runs_at_a_small_size():
+    from elastic_core.toy.ablation import format_ablation, run_ablation
+    r = run_ablation(samples=3, steps=4)
+    rows = {x["method"]: x for x in r["table"]}
+    assert list(rows)[0] == "dense" and len(rows) == 6
+    assert rows["dense"]["compute"] == 1.0 and rows["dense"]["ssim"] == pytest.approx(1.0)
+    full = rows["E-DiT: skip + width + cache"]["compute"]
+    assert 0.0 < full < rows["E-DiT: skip only"]["compute"] <= 1.0
+    for name in ("static (same compute)", "first-block cache (same compute)"):  # matched to the full method
+        assert abs(rows[name]["compute"] - full) < 0.15, (name, rows[name]["compute"], full)
+    assert -1.0 <= r["spearman_compute_complexity"] <= 1.0 and len(r["skip_rate_per_block"]) == 12
+    assert "Spearman" in format_ablation(r)
