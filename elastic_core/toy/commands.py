@@ -30,12 +30,17 @@ def _progress(every: int):
 
 def _train(args) -> int:
     from . import pipeline as P
-    model = P.load_dit()
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, rho_g=args.rho_g, rho_w=args.rho_w, end_to_end=False)
+    model = P.load_dit(args.dit) if args.dit else P.load_dit()
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, rho_g=args.rho_g, rho_w=args.rho_w, end_to_end=args.end_to_end,
+                      grad_checkpoint=args.grad_checkpoint)
     routers, trainer = P.train_routers(model, cfg, seed=args.seed, resume=args.resume, progress=_progress(25))
     trainer.save(args.out + ".state")
     P.save_toy_routers(routers, cfg, args.out)
     print(f"wrote {args.out} (routers) and {args.out}.state (resume with --resume)")
+    if args.end_to_end:  # the backbone trained too: the routers belong to this copy of it
+        dit = os.path.splitext(args.out)[0] + ".dit.safetensors"
+        P.save_dit(model.eval(), dit)
+        print(f"wrote {dit} (the fine-tuned toy DiT; resume with --dit {dit} --end-to-end)")
     return 0
 
 
@@ -66,6 +71,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--rho-w", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, help="a .state file saved by an earlier run")
+    p.add_argument("--end-to-end", action="store_true", help="train the toy DiT with the routers (the paper's "
+                   "second mode); writes the tuned DiT beside the routers")
+    p.add_argument("--dit", default=None, help="the toy DiT to start from (default: the shipped one)")
+    p.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in the backward pass")
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
     p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 40 minutes on 2 cores)")

@@ -115,3 +115,20 @@ def test_toy_ablation_runs_at_a_small_size():
         assert abs(rows[name]["compute"] - full) < 0.15, (name, rows[name]["compute"], full)
     assert -1.0 <= r["spearman_compute_complexity"] <= 1.0 and len(r["skip_rate_per_block"]) == 12
     assert "Spearman" in format_ablation(r)
+
+
+def test_train_command_both_modes_and_resume(tmp_path):
+    from elastic_core.cli import main
+    from elastic_core.checkpoint import load_routers
+    from elastic_core.toy import pipeline as P
+    out = str(tmp_path / "r.safetensors")
+    assert main(["train", "--steps", "2", "--out", out, "--grad-checkpoint"]) == 0
+    assert main(["train", "--steps", "3", "--out", out, "--resume", out + ".state"]) == 0  # goes on to step 3
+    from safetensors import safe_open
+    with safe_open(out + ".state", "pt") as f:
+        assert f.metadata()["step"] == "3"
+    assert load_routers(out).meta.family == P.FAMILY
+    e2e = str(tmp_path / "e.safetensors")
+    assert main(["train", "--steps", "2", "--out", e2e, "--end-to-end"]) == 0
+    tuned, shipped = P.load_dit(str(tmp_path / "e.dit.safetensors")), P.load_dit()
+    assert any(not torch.allclose(a, b, atol=1e-3) for a, b in zip(tuned.state_dict().values(), shipped.state_dict().values()))
