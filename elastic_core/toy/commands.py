@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from ..bench import write_json
@@ -33,7 +34,18 @@ def _train(args) -> int:
     model = P.load_dit(args.dit) if args.dit else P.load_dit()
     cfg = TrainConfig(steps=args.steps, lr=args.lr, rho_g=args.rho_g, rho_w=args.rho_w, end_to_end=args.end_to_end,
                       grad_checkpoint=args.grad_checkpoint)
-    routers, trainer = P.train_routers(model, cfg, seed=args.seed, resume=args.resume, progress=_progress(25))
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):  # Ctrl-C: finish this step, save, and say how to go on
+        stop["asked"] = True
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        routers, trainer = P.train_routers(model, cfg, seed=args.seed, resume=args.resume, progress=_progress(25),
+                                           should_stop=lambda: stop["asked"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop["asked"]:
+        print(f"stopped at step {trainer.step} of {cfg.steps} (Ctrl-C); what was trained is saved")
     trainer.save(args.out + ".state")
     P.save_toy_routers(routers, cfg, args.out)
     print(f"wrote {args.out} (routers) and {args.out}.state (resume with --resume)")

@@ -132,3 +132,24 @@ def test_train_command_both_modes_and_resume(tmp_path):
     assert main(["train", "--steps", "2", "--out", e2e, "--end-to-end"]) == 0
     tuned, shipped = P.load_dit(str(tmp_path / "e.dit.safetensors")), P.load_dit()
     assert any(not torch.allclose(a, b, atol=1e-3) for a, b in zip(tuned.state_dict().values(), shipped.state_dict().values()))
+
+
+def test_train_command_ctrl_c_saves_what_was_trained(tmp_path):
+    """Ctrl-C (SIGINT) while training: the step finishes, routers and state are saved, exit 0."""
+    import signal
+    import subprocess
+    import sys
+    out = str(tmp_path / "r.safetensors")
+    proc = subprocess.Popen([sys.executable, "-m", "elastic_core.cli", "train", "--steps", "100000", "--out", out],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    lines = []
+    for line in proc.stdout:  # the first progress line: training is under way
+        lines.append(line)
+        if line.startswith("step"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text
+    assert "stopped at step" in text and os.path.isfile(out) and os.path.isfile(out + ".state"), text
