@@ -43,6 +43,7 @@ def router_path(filename: str, resume: bool) -> str:
         raise ValueError(f"filename {filename!r}: expected a plain file name (letters, digits, space, _ . -), "
                          "no folders")
     folder = folder_paths.get_folder_paths(FOLDER)[0]
+    os.makedirs(folder, exist_ok=True)  # a fresh ComfyUI has no models/elastic_routers yet
     path = os.path.join(folder, stem + ".safetensors")
     n = 0
     while not resume and (os.path.exists(path) or os.path.exists(path + STATE_SUFFIX)):
@@ -119,6 +120,7 @@ class ElasticDiTTrainRouter:
     RETURN_TYPES = (ROUTER_TYPE,)
     RETURN_NAMES = ("router",)
     OUTPUT_TOOLTIPS = ("The trained routers, saved and ready for Apply Elastic DiT.",)
+    OUTPUT_NODE = True  # it writes a file: a graph that only trains can be queued
     FUNCTION = "train"
     CATEGORY = "Elastic DiT"
     DESCRIPTION = ("Trains E-DiT routers for this model by distillation from its own dense output; "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from ..bench import write_json
@@ -29,7 +31,24 @@ def _progress(every: int):
     return show
 
 
+def _train_comfy(args) -> int:
+    """A ComfyUI model: its API-format workflow (with Train Elastic Router) runs in that ComfyUI's Python."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "nodes", "headless.py")
+    if not os.path.isfile(script):
+        print(f"error: {script} not found; run from the pack's folder (ComfyUI/custom_nodes/...)", file=sys.stderr)
+        return 2
+    if not (args.comfyui and args.workflow):
+        print("error: training a ComfyUI model needs both --comfyui PATH and --workflow API.json", file=sys.stderr)
+        return 2
+    cmd = [args.python, script, "--comfyui", args.comfyui, "--workflow", args.workflow]
+    cmd += [x for d in args.extra_nodes for x in ("--extra-nodes", d)] + (["--cpu"] if args.cpu else [])
+    return subprocess.call(cmd)
+
+
 def _train(args) -> int:
+    if args.comfyui or args.workflow:
+        return _train_comfy(args)
     from . import pipeline as P
     model = P.load_dit(args.dit) if args.dit else P.load_dit()
     cfg = TrainConfig(steps=args.steps, lr=args.lr, rho_g=args.rho_g, rho_w=args.rho_w, end_to_end=args.end_to_end,
@@ -87,6 +106,12 @@ def add_parsers(sub) -> None:
                    "second mode); writes the tuned DiT beside the routers")
     p.add_argument("--dit", default=None, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in the backward pass")
+    p.add_argument("--comfyui", default=None, help="train a ComfyUI model instead: that ComfyUI's folder, with "
+                   "--workflow, an API-format workflow holding Train Elastic Router")
+    p.add_argument("--workflow", default=None, help="with --comfyui: the workflow (Workflow > Export (API))")
+    p.add_argument("--python", default=sys.executable, help="with --comfyui: the Python that runs that ComfyUI")
+    p.add_argument("--extra-nodes", action="append", default=[], help="with --comfyui: more custom-node folders")
+    p.add_argument("--cpu", action="store_true", help="with --comfyui: run ComfyUI on the CPU")
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
     p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 40 minutes on 2 cores)")

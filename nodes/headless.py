@@ -1,0 +1,103 @@
+"""Run a ComfyUI workflow (API format) without a server: how `elastic-dit train --comfyui ...` trains
+routers for a ComfyUI-loadable model from the command line.
+
+The workflow is the graph a user would queue (loaders, text encoders, Train Elastic Router, and
+anything else); ComfyUI's own loader, validator and executor run it, with this pack and ComfyUI's
+extra nodes loaded, so nothing of the Train node is re-implemented here. Run by the CLI as a script
+with the Python of that ComfyUI:
+
+    python nodes/headless.py --comfyui PATH --workflow FILE [--extra-nodes DIR ...] [--cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACK_ROOT = os.path.dirname(HERE)
+
+
+class _Console:
+    """What the executor needs of ComfyUI's PromptServer: no client, so nothing is sent; progress logs."""
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def send_sync(self, event, data, sid=None):
+        if event == "execution_error":
+            logging.error("node %s (%s) failed: %s", data.get("node_id"), data.get("node_type"),
+                          data.get("exception_message"))
+
+    def queue_updated(self):
+        pass
+
+
+def _read_prompt(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if "nodes" in data and "links" in data:
+        raise SystemExit(f"{path} is a UI workflow; export it in API format (Workflow > Export (API) in ComfyUI)")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+        raise SystemExit(f"{path}: expected an API-format workflow ({{node id: {{class_type, inputs}}}})")
+    return data
+
+
+def _executor(execution, args):
+    """ComfyUI's executor with its default (classic) cache, built as each version's main.py builds it."""
+    import inspect
+    params = inspect.signature(execution.PromptExecutor).parameters
+    if "cache_args" in params:  # 0.4+
+        return execution.PromptExecutor(_Console(), cache_args={"lru": args.cache_lru, "ram": getattr(args, "cache_ram", 0)})
+    return execution.PromptExecutor(_Console(), cache_size=args.cache_lru)  # 0.3.x
+
+
+def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != HERE]  # this folder's modules must not shadow ComfyUI's
+    sys.path.insert(0, comfyui)
+    os.chdir(comfyui)
+    import utils.extra_config  # noqa: F401  ComfyUI's `utils` package, imported first as its main.py does
+    from comfy.cli_args import args
+    args.cpu = args.cpu or cpu
+    import execution
+    import nodes
+
+    prompt = _read_prompt(workflow)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    for d in [PACK_ROOT, *extra_nodes]:
+        if not asyncio.run(nodes.load_custom_node(d)):
+            raise SystemExit(f"ComfyUI could not load the custom nodes in {d} (see the log above)")
+    prompt_id = str(uuid.uuid4())
+    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid[0]:
+        raise SystemExit(f"{workflow}: the workflow does not validate: {json.dumps(valid[1])} {json.dumps(valid[3])}")
+    executor = _executor(execution, args)
+    executor.execute(prompt, prompt_id, {}, valid[2])
+    if not executor.success:
+        msgs = [m for m in executor.status_messages if m[0] in ("execution_error", "execution_interrupted")]
+        logging.error("the workflow did not finish: %s", msgs[-1][1] if msgs else "unknown error")
+        return 1
+    logging.info("the workflow ran to the end")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--comfyui", required=True)
+    p.add_argument("--workflow", required=True)
+    p.add_argument("--extra-nodes", action="append", default=[], help="more custom-node folders to load")
+    p.add_argument("--cpu", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for d in a.extra_nodes:
+        if not os.path.isdir(d):
+            raise SystemExit(f"--extra-nodes {d}: not a folder")
+    return run(os.path.abspath(a.comfyui), os.path.abspath(a.workflow), [os.path.abspath(d) for d in a.extra_nodes], a.cpu)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
