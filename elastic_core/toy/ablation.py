@@ -162,14 +162,13 @@ def run_ablation(samples: int = 16, steps: int = 20, seed: int = 1) -> dict:
     generate(model, toks[:1], noise[:1], 2, ckpt.routers, base)  # warm-up
     dense = run_dense(model, toks, noise, steps)
     rows = [dense]
-    full_recs = None
     for name, cfg in (("E-DiT: skip only", base.with_(width=False, cache=False)),
                       ("E-DiT: skip + width", base.with_(cache=False)),
                       ("E-DiT: skip + width + cache", base)):
         res, recs = run_elastic(name, model, ckpt.routers, cfg, toks, noise, steps)
         rows.append(res)
-        full_recs = recs
-    target = float(np.mean(rows[-1].compute))
+    full, full_recs = rows[-1], recs  # the last variant is the full method
+    target = float(np.mean(full.compute))
     drop, width, frac = static_plan(model, target, ckpt.routers.config.widths)
     rows.append(run_static(model, toks, noise, steps, drop, width, frac))
     rows.append(run_fbcache(model, toks, noise, steps, target))
@@ -178,7 +177,6 @@ def run_ablation(samples: int = 16, steps: int = 20, seed: int = 1) -> dict:
         table.append({"method": r.name, "compute": float(np.mean(r.compute)), "compute_reduction": 1 / float(np.mean(r.compute)),
                       "wall_s": r.wall_s, "wall_speedup": dense.wall_s / r.wall_s,
                       "psnr_db": psnr(r.images, dense.images), "ssim": ssim(r.images, dense.images), "note": r.note})
-    full = rows[3]
     rates = block_skip_rates(full_recs)
     return {"samples": samples, "steps": steps, "config": base.to_dict(), "table": table,
             "spearman_compute_complexity": spearman(cs, full.compute),
