@@ -92,10 +92,11 @@ class ElasticRun:
     # -- one block -------------------------------------------------------------------------------
     def block(self, i: int, inputs: Streams, cond: Tensor, run: RunFn,
               router_tokens: Sequence[Tensor] | None = None, row_keys: Sequence[RowKey] | None = None,
-              clone_inputs: bool = False) -> Streams:
+              inplace: bool = False) -> Streams:
         """Algorithm 1 for block i on a batch. inputs: {"img": [B, L, D], ...}; cond: [B, C].
 
-        clone_inputs: pass copies to `run` (for host blocks that modify their input in place).
+        inplace: `run` adds into the tensors it is given (Flux-type host blocks); the engine then hands
+        it copies, so that residuals are taken against the true inputs.
         """
         b = next(iter(inputs.values())).shape[0]
         keys = list(row_keys) if row_keys is not None else [("cond", r) for r in range(b)]
@@ -109,41 +110,46 @@ class ElasticRun:
         for r, d in enumerate(decisions):
             if d.action == REUSE:
                 self.bank.get(i, keys[r]).uses += 1
-        result = self._apply(i, inputs, decisions, keys, run, clone_inputs)
+        result = self._apply(i, inputs, decisions, keys, run, inplace)
         self._account(i, inputs, decisions, keys, ps)
         return result
 
-    def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, clone_inputs: bool) -> Streams:
+    def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, inplace: bool) -> Streams:
         b = len(decisions)
         groups: dict[tuple[int, float], list[int]] = {}
         for r, d in enumerate(decisions):
             groups.setdefault((d.action, d.width if d.action == RUN else 0.0), []).append(r)
         if len(groups) == 1:  # the common case: one decision for the whole batch, no row copies
             (action, width), = groups
-            return self._act(i, inputs, None, list(range(b)), action, width, keys, run, clone_inputs)
+            return self._act(i, inputs, None, list(range(b)), action, width, keys, run, inplace)
         result = {k: v.clone() for k, v in inputs.items()}  # skipped rows stay as they are
         for (action, width), rows in groups.items():
             if action == SKIP:
                 continue
             idx = torch.tensor(rows, device=next(iter(inputs.values())).device)
-            part = self._act(i, {k: v.index_select(0, idx) for k, v in inputs.items()}, idx, rows,
-                             action, width, keys, run, False)
+            part = self._act(i, inputs, idx, rows, action, width, keys, run, inplace)
             for k in result:
                 result[k].index_copy_(0, idx, part[k])
         return result
 
-    def _act(self, i, inputs: Streams, idx, rows: list[int], action: int, width: float, keys, run: RunFn,
-             clone_inputs: bool) -> Streams:
-        """Apply one action to a group of rows; inputs already hold just those rows."""
+    def _act(self, i, inputs: Streams, idx: Tensor | None, rows: list[int], action: int, width: float, keys,
+             run: RunFn, inplace: bool) -> Streams:
+        """Apply one action to rows `rows` (idx: the same as a tensor, None = all rows) of `inputs`.
+
+        `inputs` is never changed here: a block that adds into its input in place (inplace=True) gets
+        a copy, so the residual out - in is taken against the block's true input.
+        """
+        x = inputs if idx is None else {k: v.index_select(0, idx) for k, v in inputs.items()}  # [b, L, D]
         if action == SKIP:
-            return inputs
+            return x
         if action == REUSE:
-            return {k: v + torch.stack([self.bank.take(i, keys[r], v, k) for r in rows]) for k, v in inputs.items()}
-        x_in = {k: v.clone() for k, v in inputs.items()} if clone_inputs else inputs
+            return {k: v + torch.stack([self.bank.take(i, keys[r], v, k) for r in rows]) for k, v in x.items()}
+        x_in = {k: v.clone() for k, v in x.items()} if inplace and idx is None else x  # row copies are private
         out = run(x_in, idx, width)
         if self.caching:
+            ref = {k: v.index_select(0, idx) for k, v in inputs.items()} if inplace and idx is not None else x
             with torch.no_grad():
-                delta = {k: (out[k] - inputs[k]).detach() for k in inputs}
+                delta = {k: (out[k] - ref[k]).detach() for k in x}
             for j, r in enumerate(rows):
                 self.bank.put(i, keys[r], {k: v[j] for k, v in delta.items()})
         return out
