@@ -5,6 +5,7 @@ Defaults reproduce the authors' released Qwen-Image code: tau 0.5, a borderline 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -28,6 +29,9 @@ class RouterConfig:
             raise ValueError(f"router widths must lie in (0, 1], got {self.widths}")
         if list(self.widths) != sorted(self.widths):
             raise ValueError(f"router widths must be ascending, got {self.widths}")
+        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (
+                math.isfinite(self.ln_eps) and self.ln_eps > 0):
+            raise ValueError(f"router ln_eps must be a finite number > 0, got {self.ln_eps!r}")
         if self.activation not in ("relu", "gelu", "silu"):
             raise ValueError(f"router activation must be relu, gelu or silu, got {self.activation!r}")
         object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
@@ -56,6 +60,17 @@ class ElasticConfig:
     cache_device: str | None = None  # None: keep residuals on the device they were computed on
 
     def __post_init__(self):
+        for name in ("tau", "delta", "cache_start", "cache_end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if isinstance(self.max_reuse, bool) or not isinstance(self.max_reuse, int):
+            raise ValueError(f"max_reuse (K) must be a whole number, got {self.max_reuse!r}")
+        for name in ("skip", "width", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cache_device is not None and not isinstance(self.cache_device, str):
+            raise ValueError(f"cache_device must be a device name or None, got {self.cache_device!r}")
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
         if not 0.0 <= self.delta <= 1.0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord
+from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord, finite
 
 SCHEMA = "elastic-dit/heatmap"
 SCHEMA_VERSION = 1
@@ -45,7 +45,7 @@ def payload(record: RunRecord, estimate: bool = False) -> dict:
             v[c][b][s] = ev[c][j]
     order = sorted(views, key=lambda k: (record.streams[k[0]] != "cond", record.streams[k[0]], k[1]))
     widths = record.widths
-    return {
+    return finite({
         "schema": SCHEMA, "version": SCHEMA_VERSION, "estimate": estimate,
         "blocks": record.blocks, "widths": widths, "actions": list(ACTIONS),
         "steps": [{"index": s, "sigma": record.steps.get(s), "cache": s in record.cache_steps} for s in range(n_s)],
@@ -54,7 +54,7 @@ def payload(record: RunRecord, estimate: bool = False) -> dict:
         "views": [views[k] for k in order],
         "summary": record.totals(),
         "palette": PALETTE,
-    }
+    })
 
 
 def step_column(record: RunRecord, first_event: int, step: int) -> dict:
@@ -69,14 +69,15 @@ def step_column(record: RunRecord, first_event: int, step: int) -> dict:
                                    **{c: [None] * n_b for c in ("p", "action", "width", "reuse")}})
         for c in ("p", "action", "width", "reuse"):
             v[c][ev["block"][j]] = ev[c][j]
-    return {"step": step, "sigma": record.steps.get(step), "cache": step in record.cache_steps,
-            "num_steps": record.num_steps, "views": list(views.values())}
+    return finite({"step": step, "sigma": record.steps.get(step), "cache": step in record.cache_steps,
+                   "num_steps": record.num_steps, "views": list(views.values())})
 
 
 def live_header(record: RunRecord) -> dict:
     """What a live view needs before the first step arrives."""
-    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "blocks": record.blocks, "widths": record.widths,
-            "actions": list(ACTIONS), "num_steps": record.num_steps, "config": record.config, "palette": PALETTE}
+    return finite({"schema": SCHEMA, "version": SCHEMA_VERSION, "blocks": record.blocks, "widths": record.widths,
+                   "actions": list(ACTIONS), "num_steps": record.num_steps, "config": record.config,
+                   "palette": PALETTE})
 
 
 def what_if(view: dict, steps: list[dict], costs: list[list[float]], widths: list[float], config: dict,

@@ -104,7 +104,13 @@ class ElasticRun:
             raise ValueError(f"block {i}: {len(keys)} row keys for a batch of {b}")
         with torch.no_grad():
             out = self.routers[i](list(router_tokens) if router_tokens is not None else list(inputs.values()), cond)
+            finite = torch.isfinite(out.gate_logit).all() & torch.isfinite(out.width_logits).all()
         ps, ws = out.p.tolist(), out.width_index.tolist()  # one host sync per block
+        if not finite:
+            raise FloatingPointError(
+                f"Elastic DiT: the router of block {i} ({self.specs[i].name}) gave NaN or Inf at step {self.step}; "
+                "the block's input or the router weights are not finite (a model running out of range in fp16, "
+                "or a damaged router file). Nothing was decided from it.")
         shapes = {k: v.shape[1:] for k, v in inputs.items()}
         decisions = [self._decide(i, p, w, k, shapes) for p, w, k in zip(ps, ws, keys)]
         for r, d in enumerate(decisions):

@@ -8,6 +8,7 @@ This is what the heatmap widget, the stats node and the logs read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 SCHEMA = "elastic-dit/run-record"
@@ -15,6 +16,17 @@ SCHEMA_VERSION = 1
 ACTIONS = ("skip", "reuse", "run")
 SKIP, REUSE, RUN = range(3)
 COLUMNS = ("step", "block", "stream", "sample", "p", "width", "action", "reuse")
+
+
+def finite(obj):
+    """obj with every NaN / Inf float replaced by None, so that its JSON parses in a browser."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -89,7 +101,8 @@ class RunRecord:
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        """JSON-ready; non-finite numbers (an estimated speedup when nothing ran) become null."""
+        return finite({
             "schema": SCHEMA, "version": SCHEMA_VERSION,
             "blocks": self.blocks, "widths": self.widths, "config": self.config,
             "num_steps": self.num_steps,
@@ -98,10 +111,10 @@ class RunRecord:
             "streams": self.streams, "actions": list(ACTIONS),
             "events": self.events,
             "totals": self.totals(), "meta": self.meta,
-        }
+        })
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        return json.dumps(self.to_dict(), allow_nan=False, **kw)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":

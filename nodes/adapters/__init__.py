@@ -20,20 +20,17 @@ def supported_families() -> list[str]:
 
 
 def adapter_for(dm: nn.Module) -> FamilyAdapter:
+    name = f"{type(dm).__module__}.{type(dm).__name__}"
     for a in ADAPTERS:
         if a.matches(dm):
-            return a
-    raise UnsupportedFamily(
-        f"Elastic DiT does not support this model ({type(dm).__module__}.{type(dm).__name__}); "
-        f"supported families: {', '.join(supported_families())}")
+            why = a.refusal(dm)
+            if why is None:
+                return a
+            name = f"{name}: {why}"
+            break
+    raise UnsupportedFamily(f"Elastic DiT does not support this model ({name}); "
+                            f"supported families: {', '.join(supported_families())}")
 
 
-def adapter_by_family(family: str) -> FamilyAdapter:
-    for a in ADAPTERS:
-        if a.family == family:
-            return a
-    raise UnsupportedFamily(f"unknown model family {family!r}; supported: {', '.join(supported_families())}")
-
-
-__all__ = ["ADAPTERS", "BlockRef", "FamilyAdapter", "UnsupportedFamily", "adapter_for", "adapter_by_family",
+__all__ = ["ADAPTERS", "BlockRef", "FamilyAdapter", "UnsupportedFamily", "adapter_for",
            "supported_families"]

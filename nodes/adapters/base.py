@@ -34,6 +34,10 @@ class FamilyAdapter:
     def matches(self, dm: nn.Module) -> bool:
         return isinstance(dm, self.model_classes)
 
+    def refusal(self, dm: nn.Module) -> str | None:
+        """Why this adapter's model class holds a model it cannot serve (a variant of another layout), or None."""
+        return None
+
     # -- what the model has ----------------------------------------------------------------------
     def blocks(self, dm: nn.Module) -> list[BlockRef]:
         raise NotImplementedError
