@@ -23,6 +23,7 @@ import torch
 
 from .config import ElasticConfig, RouterConfig
 from .reference import RefDoubleBlock, double_run_fn, plain_stack, randomize_
+from .policy import PlanPolicy
 from .router import RouterSet
 from .runner import ElasticRun, run_stack
 from .stats import REUSE, RUN, SKIP
@@ -156,9 +157,9 @@ def bench_stack(size: BenchSize, blocks, routers, img, txt, vec, device) -> dict
             plain_stack(blocks, img, txt, vec)
 
     def elastic():
-        run = ElasticRun(routers, specs, cfg, size.steps, plan=plan_for(size.steps, size.blocks))
+        run = ElasticRun(routers, specs, PlanPolicy(cfg, plan_for(size.steps, size.blocks)), size.steps)
         for s in range(size.steps):
-            run.begin_step(s)
+            run.begin_step(s, None, True)
             run_stack(run, fns, {"img": img, "txt": txt}, vec)
         records.append(run.finish())
 

@@ -436,7 +436,7 @@ def describe(ckpt: RouterCheckpoint) -> dict:
     """JSON-ready summary; per block the router's leaning at zero input (biases only)."""
     m, routers, c = ckpt.meta, ckpt.routers, ckpt.meta.router
     bias = routers.gate_bias().float().cpu()  # [N]
-    # argmax of the width bias, computed on CPU (RouterSet.width_preference indexes a CPU tensor)
+    # argmax of the width bias, computed on CPU
     width_idx = torch.stack([r.width_head.bias.detach().float().cpu() for r in routers.routers]).argmax(-1)  # [N]
     per_block = [{"index": i, "name": name, "gate_bias": float(b), "p_open": float(torch.sigmoid(b)),
                   "preferred_width": c.widths[int(w)]}

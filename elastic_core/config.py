@@ -1,12 +1,15 @@
 """Frozen configuration for routers and for the inference policy (Algorithm 1).
 
-Defaults reproduce the authors' released Qwen-Image code: tau 0.5, a borderline band of 0.015
-(the code hard-codes [0.5, 0.515]), at most 10 reuses in a row, caching from step 15 of 30.
+`ElasticConfig()` is the one place the policy's defaults live (nodes, presets, router files and the
+widget read them from here). They reproduce the authors' released Qwen-Image code: tau 0.5, a
+borderline band of 0.015 (the code hard-codes [0.5, 0.515]), at most 10 reuses in a row, caching from
+the middle of the schedule (step 15 of 30).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -45,9 +48,13 @@ class RouterConfig:
 class ElasticConfig:
     """The inference policy: thresholds, switches and the cache window.
 
-    The cache window is a fraction of the denoising steps: step i (of N) may reuse or store a
-    residual when cache_start <= i / N < cache_end. The released code caches from step 15 of 30.
+    The cache window is counted in percent of the noise schedule (0 = pure noise, 1 = clean image),
+    as ComfyUI's own caches count it: a step may store or reuse a residual when its point on the
+    schedule lies in [cache_start, cache_end). Under ComfyUI's `simple` scheduler 0.5 is step 15 of 30,
+    where the released code starts caching. Image-to-image at denoise d starts at 1 - d of the schedule.
     """
+
+    VERSION: ClassVar[int] = 2  # 2: the cache window in percent of the noise schedule
 
     tau: float = 0.5
     delta: float = 0.015
@@ -81,17 +88,11 @@ class ElasticConfig:
             raise ValueError(
                 f"cache window must satisfy 0 <= start <= end <= 1, got [{self.cache_start}, {self.cache_end}]")
 
-    def caching_at(self, step: int, num_steps: int) -> bool:
-        """Whether step `step` (0-based) of `num_steps` lies in the cache window."""
-        if not self.cache or num_steps <= 0:
-            return False
-        return self.cache_start <= step / num_steps < self.cache_end
-
     def with_(self, **changes) -> "ElasticConfig":
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"version": self.VERSION, **asdict(self)}
 
 
 # The paper's Table-1 settings, one choice away from the released-code defaults. The paper's deltas

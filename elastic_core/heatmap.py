@@ -4,13 +4,16 @@ A payload holds, per view (stream x sample), block x step grids of the router's 
 the action taken (skip / reuse / run), the width chosen and the reuse count, plus what a what-if
 needs: which steps were in the cache window and each block's cost at each width.
 
-`what_if` re-decides a recorded run at other tau / delta / K from the recorded probabilities. It is
-an estimate: with other decisions the model's inputs, hence p, would change too.
+`what_if` re-decides a recorded run at other tau / delta / K from the recorded probabilities, through
+the same policy the runner decides with. It is an estimate: with other decisions the model's inputs,
+hence p, would change too.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .config import ElasticConfig
+from .policy import Policy, replay
 from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord, finite
 
 SCHEMA = "elastic-dit/heatmap"
@@ -50,7 +53,8 @@ def payload(record: RunRecord, estimate: bool = False) -> dict:
         "blocks": record.blocks, "widths": widths, "actions": list(ACTIONS),
         "steps": [{"index": s, "sigma": record.steps.get(s), "cache": s in record.cache_steps} for s in range(n_s)],
         "config": record.config,
-        "costs": [record.costs.get(i, [1.0] * len(widths)) for i in range(n_b)],
+        "costs": [record.costs.get(i, [1.0] * len(widths)) for i in range(n_b)],  # per block: run at each width
+        "router_costs": [record.router_costs.get(i, 0.0) for i in range(n_b)],  # per block: one router call
         "views": [views[k] for k in order],
         "summary": record.totals(),
         "palette": PALETTE,
@@ -80,37 +84,28 @@ def live_header(record: RunRecord) -> dict:
                    "palette": PALETTE})
 
 
-def what_if(view: dict, steps: list[dict], costs: list[list[float]], widths: list[float], config: dict,
-            tau: float, delta: float, max_reuse: int) -> dict:
-    """Algorithm 1 replayed on one view's recorded p at other thresholds. -> actions grid and totals."""
-    n_b, n_s = len(view["p"]), len(steps)
-    actions = _grid(n_b, n_s)
-    spent = dense = 0.0
-    counts = {a: 0 for a in ACTIONS}
-    for b in range(n_b):
-        has, uses = False, 0
-        for s in range(n_s):
-            p = view["p"][b][s]
-            if p is None:
+def what_if(pl: dict, view: int, tau: float, delta: float, max_reuse: int) -> dict:
+    """Algorithm 1 replayed, through the run's own policy, on one view's recorded p at other thresholds.
+
+    -> actions grid, skipped / reused shares, executed compute (routers included) and the estimated
+    speedup. At the run's own thresholds it gives back the run's decisions and compute.
+    """
+    v, cfg = pl["views"][view], {k: x for k, x in pl["config"].items() if k != "version"}
+    policy = Policy(ElasticConfig(**{**cfg, "tau": tau, "delta": delta, "max_reuse": int(max_reuse)}))
+    decisions = replay(policy, v["p"], v["width"], [s["cache"] for s in pl["steps"]])
+    widths, counts, spent, dense = pl["widths"], {a: 0 for a in ACTIONS}, 0.0, 0.0
+    for b, row in enumerate(decisions):
+        costs, router = pl["costs"][b], pl["router_costs"][b]
+        for d in row:
+            if d is None:
                 continue
-            caching = config.get("cache", True) and steps[s]["cache"]
-            if config.get("skip", True) and p < tau:
-                a = SKIP
-            elif caching and tau <= p <= tau + delta and has and uses < max_reuse:
-                a, uses = REUSE, uses + 1
-            else:
-                a = RUN
-                if caching:
-                    has, uses = True, 0
-            actions[b][s] = a
-            counts[ACTIONS[a]] += 1
-            w = view["width"][b][s] if config.get("width", True) else 1.0
-            dense += costs[b][-1]
-            if a == RUN:
-                spent += costs[b][widths.index(w) if w in widths else -1]
+            counts[ACTIONS[d.action]] += 1
+            dense += costs[-1]
+            spent += router + (costs[widths.index(d.width) if d.width in widths else -1] if d.action == RUN else 0.0)
     n = max(sum(counts.values()), 1)
     frac = spent / dense if dense else 1.0
-    return {"action": actions, "skipped": counts["skip"] / n, "reused": counts["reuse"] / n,
+    return {"action": [[None if d is None else d.action for d in row] for row in decisions],
+            "skipped": counts["skip"] / n, "reused": counts["reuse"] / n,
             "executed_fraction": frac, "estimated_speedup": 1.0 / frac if frac else float("inf")}
 
 

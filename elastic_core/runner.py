@@ -12,7 +12,6 @@ each row's result equals running that sample alone.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -20,45 +19,41 @@ from torch import Tensor
 
 from .blocks import BlockSpec
 from .cache import ResidualBank
-from .config import ElasticConfig
+from .policy import Decision, Policy
 from .router import RouterSet
 from .stats import REUSE, RUN, SKIP, RunRecord
 
 Streams = dict[str, Tensor]  # stream name -> [B, L, D]
 # run(inputs of the rows, row indices or None for all rows, width ratio) -> outputs of those rows
 RunFn = Callable[[Streams, "Tensor | None", float], Streams]
-# plan(step, block) -> forced (action, width ratio), or None to let the router decide
-Plan = Callable[[int, int], "tuple[int, float] | None"]
 RowKey = tuple[str, int]  # (stream such as "cond" / "uncond", sample index)
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: int  # SKIP / REUSE / RUN
-    width: float  # width ratio the block runs at (or the router's choice, for skip / reuse)
 
 
 class ElasticRun:
     """State of ONE sampling run: residual banks, step counter and the statistics record."""
 
-    def __init__(self, routers: RouterSet, specs: Sequence[BlockSpec], config: ElasticConfig,
-                 num_steps: int, plan: Plan | None = None, meta: dict | None = None):
+    def __init__(self, routers: RouterSet, specs: Sequence[BlockSpec], policy: Policy, num_steps: int,
+                 meta: dict | None = None):
         if len(specs) != len(routers):
             raise ValueError(f"{len(specs)} blocks but {len(routers)} routers")
-        self.routers, self.specs, self.config, self.plan = routers, list(specs), config, plan
+        self.routers, self.specs, self.policy = routers, list(specs), policy
         self.num_steps = num_steps
-        self.bank = ResidualBank(config.cache_device)
-        self.step, self.caching = 0, config.caching_at(0, num_steps)
+        self.bank = ResidualBank(policy.config.cache_device)
+        self.step, self.caching = 0, False
         self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
-                                widths=list(routers.config.widths), config=config.to_dict(),
+                                widths=list(routers.config.widths), config=policy.config.to_dict(),
                                 num_steps=num_steps, meta=dict(meta or {}))
         self._t0 = time.perf_counter()
 
-    def begin_step(self, step: int, sigma: float | None = None, caching: bool | None = None) -> None:
-        """caching: whether this step lies in the cache window, when the host decides it (ComfyUI
-        counts the window on the noise schedule); None uses the config's step fraction."""
+    @property
+    def config(self):
+        return self.policy.config
+
+    def begin_step(self, step: int, sigma: float | None, in_window: bool) -> None:
+        """in_window: whether this step lies in the cache window, as the host counts it on its noise
+        schedule (`policy.window`); the policy adds the cache switch."""
         self.step = step
-        self.caching = self.config.caching_at(step, self.num_steps) if caching is None else (caching and self.config.cache)
+        self.caching = self.policy.caching(in_window)
         self.record.steps[step] = sigma
         if self.caching:
             self.record.cache_steps.add(step)
@@ -71,23 +66,9 @@ class ElasticRun:
 
     # -- deciding --------------------------------------------------------------------------------
     def _decide(self, i: int, p: float, width_idx: int, key: Hashable, shapes) -> Decision:
-        cfg, widths = self.config, self.routers.config.widths
-        width = widths[width_idx] if cfg.width else 1.0
-        forced = self.plan(self.step, i) if self.plan is not None else None
-        if forced is not None:
-            action, width = forced
-            if action != REUSE or self._reusable(i, key, shapes):
-                return Decision(action, width)
-            return Decision(RUN, width)  # nothing to reuse yet
-        if cfg.skip and p < cfg.tau:
-            return Decision(SKIP, width)
-        if cfg.tau <= p <= cfg.tau + cfg.delta and self._reusable(i, key, shapes):
-            return Decision(REUSE, width)
-        return Decision(RUN, width)
-
-    def _reusable(self, i: int, key: Hashable, shapes: dict) -> bool:
         entry = self.bank.get(i, key) if self.caching else None
-        return entry is not None and entry.uses < self.config.max_reuse and entry.fits(shapes)
+        reuses = entry.uses if entry is not None and entry.fits(shapes) else None
+        return self.policy.decide(self.step, i, p, self.routers.config.widths[width_idx], self.caching, reuses)
 
     # -- one block -------------------------------------------------------------------------------
     def block(self, i: int, inputs: Streams, cond: Tensor, run: RunFn,
@@ -164,9 +145,10 @@ class ElasticRun:
         spec, rec, f = self.specs[i], self.record, self.record.flops
         tokens = {k: v.shape[1] for k, v in inputs.items()}
         attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
-        if i not in rec.costs:
+        if i not in rec.costs:  # one sample's cost: run at each width, and one router call
             rec.costs[i] = [attn + spec.mlp_flops(tokens, w) for w in self.routers.config.widths]
-        router_flops = self.routers[i].flops(sum(tokens.values()))
+            rec.router_costs[i] = self.routers[i].flops(sum(tokens.values()))
+        router_flops = rec.router_costs[i]
         for r, (d, p) in enumerate(zip(decisions, ps)):
             f["dense_attn"] += attn
             f["dense_mlp"] += mlp_full

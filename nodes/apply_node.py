@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from ..elastic_core.checkpoint import RouterCheckpoint
 from ..elastic_core.config import PAPER_PRESETS, ElasticConfig
+from ..elastic_core.policy import Policy
 from .loader_node import ROUTER_TYPE
-from .patch import CacheWindow, apply_elastic
+from .patch import apply_elastic
 
 PRESETS = {
     "sliders": None,
@@ -69,7 +70,8 @@ class ElasticDiTApply:
             raise ValueError(f"cache_start_percent ({cache_start_percent}) must not exceed "
                              f"cache_end_percent ({cache_end_percent})")
         config = ElasticConfig(tau=tau, delta=delta, max_reuse=max_reuse, skip=skip_blocks, width=adapt_width,
-                               cache=cache, cache_device=None if cache_device == "auto" else cache_device)
+                               cache=cache, cache_start=cache_start_percent, cache_end=cache_end_percent,
+                               cache_device=None if cache_device == "auto" else cache_device)
         chosen = PRESETS.get(preset)
         if chosen == "file":
             config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
@@ -77,7 +79,4 @@ class ElasticDiTApply:
         elif chosen is not None:
             p = PAPER_PRESETS[chosen]
             config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
-        window = CacheWindow(cache_start_percent, cache_end_percent)
-        if chosen == "file":
-            window = CacheWindow(config.cache_start, config.cache_end)
-        return (apply_elastic(model, router, config, window, node_id=unique_id),)
+        return (apply_elastic(model, router, Policy(config), node_id=unique_id),)

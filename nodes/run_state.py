@@ -62,11 +62,12 @@ class RunState:
         self.patch = patch
         self.sample_sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sample_sigmas) - 1, 1)
-        self.run = ElasticRun(patch.routers, patch.specs, patch.config, self.num_steps, plan=patch.plan,
+        self.run = ElasticRun(patch.routers, patch.specs, patch.policy, self.num_steps,
                               meta={"family": patch.adapter.family, "node_id": patch.node_id,
                                     "routers": patch.ckpt.path})
-        self.start_sigma = float(model_sampling.percent_to_sigma(patch.window.start_percent))
-        self.end_sigma = float(model_sampling.percent_to_sigma(patch.window.end_percent))
+        config = patch.policy.config  # the cache window in percent of the noise schedule, as sigmas
+        self.start_sigma = float(model_sampling.percent_to_sigma(config.cache_start))
+        self.end_sigma = float(model_sampling.percent_to_sigma(config.cache_end))
         self._sigmas_seen = None
         self.names = StreamNames()
         self.live = LiveFeed(patch.node_id)
@@ -82,11 +83,11 @@ class RunState:
         sigma = float(sig.reshape(-1)[0]) if sig is not None else self.sample_sigmas[0]
         tol = 1e-5 * max(abs(sigma), 1e-3)
         step = max([j for j, s in enumerate(self.sample_sigmas[:-1]) if s >= sigma - tol] or [0])
-        caching = self.start_sigma + tol >= sigma > self.end_sigma
+        in_window = self.start_sigma + tol >= sigma > self.end_sigma
         if self._live_step is not None and step != self._live_step:
             self.live.step_done(self.run.record, self._live_step)
         self._live_step = step
-        self.run.begin_step(step, sigma, caching=caching)
+        self.run.begin_step(step, sigma, in_window)
 
     def _routers_to(self, device: torch.device) -> None:
         routers = self.patch.routers

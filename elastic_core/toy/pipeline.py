@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from ..checkpoint import RouterMeta, load_routers, save_routers
 from ..config import ElasticConfig, RouterConfig
 from ..reference import double_run_fn
+from ..policy import PlanPolicy, Policy, in_window
 from ..router import RouterSet
 from ..runner import ElasticRun, run_stack
 from ..train import Aux, RouterTrainer, TrainConfig, distill_loss, elastic_forward
@@ -146,7 +147,9 @@ def load_toy_routers(path: str = ROUTER_FILE):
 def generate(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: int,
              routers: RouterSet | None = None, config: ElasticConfig | None = None, plan=None):
     """Sample dense (routers None) or elastic. -> images [B, 3, S, S], record or None, wall seconds"""
-    run = ElasticRun(routers, model.specs(), config or ElasticConfig(), steps, plan=plan) if routers else None
+    config = config or ElasticConfig()
+    policy = PlanPolicy(config, plan) if plan is not None else Policy(config)
+    run = ElasticRun(routers, model.specs(), policy, steps) if routers else None
 
     def velocity(x, t, i):
         img, txt, vec = model.embed(x, t, tokens)
@@ -154,7 +157,7 @@ def generate(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: in
             for b in model.blocks:
                 img, txt = b(img, txt, vec)
         else:
-            run.begin_step(i, float(t[0]))
+            run.begin_step(i, float(t[0]), in_window(config, 1.0 - float(t[0])))  # t runs from 1 (noise) to 0
             out = run_stack(run, [double_run_fn(b, vec) for b in model.blocks], {"img": img, "txt": txt}, vec,
                             row_keys=[("cond", r) for r in range(x.shape[0])],
                             router_tokens=lambda s: [s["txt"], s["img"]])

@@ -167,6 +167,19 @@ def test_folder_is_registered(env):
     assert any(p.endswith(os.path.join("models", "elastic_routers")) for p in paths)
 
 
+def test_fresh_install_gets_the_router_folder(env, tmp_path, monkeypatch):
+    """On a fresh ComfyUI the folder exists once the pack loads, so users see where router files go."""
+    import copy
+
+    import folder_paths
+    _, pack, *_ = env
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", copy.deepcopy(folder_paths.folder_names_and_paths))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    pack.nodes.files.register_folder()
+    assert os.path.isdir(tmp_path / "models" / "elastic_routers")
+    assert folder_paths.get_folder_paths("elastic_routers")[0] == str(tmp_path / "models" / "elastic_routers")
+
+
 def test_flux2_refused_at_apply_and_train(env):
     """Flux.2 (v0.8+) uses Flux's class with global modulation and SwiGLU MLPs: refused with the
     documented message before any sampling, not accepted as Flux and crashed mid-run."""

@@ -5,7 +5,8 @@ from elastic_core.reference import plain_stack
 from elastic_core.stats import REUSE, RUN
 from elastic_core.config import ElasticConfig
 from elastic_core.runner import ElasticRun
-from tests.core.helpers import force, inputs, make_stack, start, step
+from elastic_core.policy import Policy
+from tests.core.helpers import begin, force, inputs, make_stack, start, step
 from tests.router_probe import split_width
 
 BAND = 0.505  # inside [tau, tau + delta] = [0.5, 0.515]
@@ -117,7 +118,7 @@ def test_in_place_block_residual_is_right():
         return {"img": x["img"], "txt": ot}
 
     for s in range(2):
-        run.begin_step(s)
+        begin(run, s)
         x = {"img": img.clone(), "txt": txt.clone()}
         out = run.block(0, x, vec, inplace, inplace=True)
     ref = plain_stack(blocks, img, txt, vec)[0]
@@ -144,10 +145,10 @@ def test_in_place_block_rows_with_different_widths_cache_their_residuals():
     keys = [("cond", 0), ("cond", 1)]
 
     def run_steps(rows):
-        run = ElasticRun(routers, specs, ElasticConfig(delta=0.5, max_reuse=5, cache_start=0.0), num_steps=2)
+        run = ElasticRun(routers, specs, Policy(ElasticConfig(delta=0.5, max_reuse=5, cache_start=0.0)), num_steps=2)
         outs = []
         for s in range(2):
-            run.begin_step(s)
+            begin(run, s)
             x = {"img": img[rows].clone(), "txt": txt[rows].clone()}
             outs.append(run.block(0, x, vec[rows], _inplace_fn(blocks[0], vec[rows]),
                                   row_keys=[keys[r] for r in rows], inplace=True))

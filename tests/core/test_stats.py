@@ -7,7 +7,7 @@ from elastic_core.heatmap import payload
 from elastic_core.stats import SCHEMA_VERSION, RunRecord
 from elastic_core.reference import double_run_fn
 from elastic_core.runner import run_stack
-from tests.core.helpers import force, inputs, make_stack, start
+from tests.core.helpers import begin, force, inputs, make_stack, start
 
 
 def _record():
@@ -18,7 +18,7 @@ def _record():
     img, txt, vec = inputs(b=2)
     keys = [("uncond", 0), ("cond", 0)]
     for s in range(2):
-        run.begin_step(s, sigma=1.0 - 0.5 * s)
+        begin(run, s, sigma=1.0 - 0.5 * s)
         run_stack(run, [double_run_fn(b, vec) for b in blocks], {"img": img, "txt": txt}, vec, row_keys=keys)
     return run.finish()
 

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { canvasHeightFor, cellAt, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
+import { canvasHeightFor, cellAt, decide, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
   from "../../web/heatmap.js";
 
 const PALETTE = { ramp: ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"], skip: "#000000", skip_alpha: 0.6,
@@ -114,6 +114,12 @@ test("what-if equals Python's on a recorded run", { skip: !process.env.ELASTIC_F
     assert.deepEqual(got.action, c.expected.action, JSON.stringify(c));
     for (const k of ["skipped", "reused", "executed_fraction"]) assert.ok(Math.abs(got[k] - c.expected[k]) < 1e-12, k);
   }
+});
+
+test("decide() is Python's Policy.decide", { skip: !process.env.ELASTIC_FIXTURE && "no ELASTIC_FIXTURE" }, () => {
+  const fx = JSON.parse(readFileSync(process.env.ELASTIC_FIXTURE, "utf8"));
+  assert.ok(fx.decide.length > 100);
+  for (const c of fx.decide) assert.deepEqual(decide(c.config, c.p, c.width, c.caching, c.reuses), c.expected, JSON.stringify(c));
 });
 
 test("the canvas grows with the block count: every row keeps at least 4 px", () => {
