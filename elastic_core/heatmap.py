@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import font
 from .config import ElasticConfig
 from .policy import Policy, replay
 from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord, finite
@@ -152,3 +153,44 @@ def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int
     tx = round(tau * (img.shape[1] - 1))
     img[top - 2:top + 10, max(0, tx - 1):tx + 1] = _hex(PALETTE["tau"])
     return img.clip(0, 255).astype(np.uint8)
+
+
+def picture(pl: dict, view: int = 0, scale: int = 2) -> np.ndarray:
+    """The heatmap with its words: title, summary, block names, step axis and a labelled p legend (the
+    stats node's IMAGE and the demo's heatmap.png). -> uint8 [H, W, 3]"""
+    v, t, cfg = pl["views"][view], pl["summary"], pl["config"]
+    cw, ch = 12, 8
+    grid = render(pl, view, cell=(cw, ch), legend=0)  # [n_b * ch, n_s * cw, 3]
+    n_b, n_s = len(v["p"]), len(pl["steps"])
+    label_w = font.text_width("x" * 18) + 6
+    head, axis, legend = 2 * (font.H + 4) + 2, font.H + 4, font.H + 16
+    width = max(label_w + grid.shape[1] + 4, 2 * label_w + 160)
+    img = np.empty((head + grid.shape[0] + axis + legend, width, 3), dtype=np.uint8)
+    img[:] = _hex(PALETTE["grid"]).astype(np.uint8)
+    text = _hex(PALETTE["text"])
+    est = "what-if estimate - " if pl.get("estimate") else ""
+    font.draw_text(img, 3, 3, f"{est}Elastic DiT - {v['stream']} sample {v['sample']} - tau {cfg.get('tau')} "
+                   f"delta {cfg.get('delta')} K {cfg.get('max_reuse')}", text)
+    speed = t.get("estimated_speedup")
+    font.draw_text(img, 3, 3 + font.H + 4, f"skipped {t['skipped']:.0%}  reused {t['reused']:.0%}  width "
+                   f"{t['mean_width']:.2f}  compute {t['executed_fraction']:.0%}  est. "
+                   + (f"{speed:.2f}x" if speed is not None and np.isfinite(speed) else "-"), text)
+    img[head:head + grid.shape[0], label_w:label_w + grid.shape[1]] = grid
+    for b, blk in enumerate(pl["blocks"]):
+        font.draw_text(img, 3, head + b * ch, blk["name"][-18:], text, max_width=label_w - 6)
+    every = max(1, -(-font.text_width(str(n_s)) // cw))  # label every `every` steps so numbers never touch
+    y = head + grid.shape[0] + 2
+    for s in range(0, n_s, every):
+        font.draw_text(img, label_w + s * cw + 1, y, str(s), text)
+    font.draw_text(img, 3, y, "step", text)
+    y += axis
+    ramp_w = width - 2 * label_w
+    for x in range(ramp_w):  # p from 0 at the left to 1 at the right, tau marked
+        img[y:y + 6, label_w + x] = ramp(x / max(ramp_w - 1, 1)).astype(np.uint8)
+    tx = label_w + round(cfg.get("tau", 0.5) * (ramp_w - 1))
+    img[y - 2:y + 8, max(0, tx - 1):tx + 1] = _hex(PALETTE["tau"]).astype(np.uint8)
+    font.draw_text(img, 3, y, "gate p", text)
+    font.draw_text(img, label_w, y + 8, "0", text)
+    font.draw_text(img, label_w + ramp_w - font.W, y + 8, "1", text)
+    font.draw_text(img, tx - font.text_width("tau") // 2, y + 8, "tau", _hex(PALETTE["tau"]))
+    return img.repeat(scale, 0).repeat(scale, 1)

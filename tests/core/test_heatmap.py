@@ -79,3 +79,30 @@ def test_step_column_and_header():
     assert col["step"] == 2 and col["cache"] and len(col["views"]) == 2
     assert col["views"][0]["action"][1] == REUSE
     assert heatmap.live_header(rec)["num_steps"] == 4
+
+
+def test_picture_has_names_axis_and_legend():
+    from elastic_core import font
+    pl = heatmap.payload(_record())
+    img = heatmap.picture(pl, 0, scale=1)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    text = np.array([int(heatmap.PALETTE["text"][i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+    label_w = font.text_width("x" * 18) + 6
+    head = 2 * (font.H + 4) + 2
+    for b in range(3):  # a block name in every row of the label column
+        rows = img[head + b * 8: head + b * 8 + font.H, :label_w]
+        assert (rows == text).all(-1).any(), f"no label for block {b}"
+    ink = (img == text).all(-1)
+    ramp_end = img.shape[1] - label_w  # the p ramp runs from label_w to here; "1" sits under its end
+    assert ink[-font.H - 2:, ramp_end - font.W:ramp_end].any(), "the legend's '1' is missing at the ramp's end"
+    assert not ink[:, -1].any() and not ink[-1].any(), "text touches the picture's edge (clipped)"
+    big = heatmap.picture(pl, 0)
+    assert big.shape[0] == 2 * img.shape[0] and big.shape[1] == 2 * img.shape[1]
+
+
+def test_font_draws_every_character_it_knows():
+    from elastic_core import font
+    img = np.zeros((font.H, font.text_width("AB"), 3), dtype=np.uint8)
+    font.draw_text(img, 0, 0, "ab", (255, 255, 255))
+    assert (img[:, :font.W] > 0).any() and (img[:, font.W + 1:] > 0).any()
+    assert all(g.shape == (font.H, font.W) for g in font.GLYPHS.values())
