@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 import comfy.ldm.hunyuan3dv2_1.hunyuandit
@@ -46,6 +47,7 @@ from ..twins import WidthSlot, gelu_of, mlp_twin
 from .base import BlockRef, FamilyAdapter
 
 WRAPPER_KEY = "elastic_dit"
+SLOT_KEY = "elastic_dit_width_slot"  # the block's WidthSlot, in the args our hooks hand on
 APPLY_MODEL = comfy.patcher_extension.WrappersMP.APPLY_MODEL
 
 
@@ -114,24 +116,51 @@ class Hunyuan3D21Adapter(FamilyAdapter):
     def call(self, ref: BlockRef, args: dict, original, x, rows, batch) -> dict[str, Tensor]:
         a = dict(args) if rows is None else self.slice_args(args, rows, batch)
         a.update(x)
-        out = original(a)  # the model's contract: a tensor [b, 1 + L, D]
-        return {"x": out if isinstance(out, Tensor) else out["x"]}
+        slot: WidthSlot | None = a.pop(SLOT_KEY, None)
+        mask = None if slot is None else slot.mask  # router training: [b, M]
+        if mask is not None and mask.shape[0] > 1 and ref.spec.group == "moe":
+            return {"x": self._rows_apart(a, original, slot, mask)}
+        return {"x": _tensor(original(a))}
+
+    def _rows_apart(self, a: dict, original, slot: WidthSlot, mask: Tensor) -> Tensor:
+        """An MoE block in router training, one row at a time: the routed experts see tokens of all
+        rows mixed, so a per-row width mask [b, M] can reach them only one row at a time."""
+        b, outs = mask.shape[0], []
+        try:
+            for r in range(b):
+                slot.mask = mask[r:r + 1]
+                outs.append(_tensor(original(self.slice_args(a, torch.tensor([r], device=mask.device), b))))
+        finally:
+            slot.mask = mask
+        return torch.cat(outs)  # [b, 1 + L, D]
 
     def extra_hooks(self, m, patch) -> None:
         calls: list[dict] = []  # transformer_options of the model call under way (one per clone family)
         dit = m.model_options["transformer_options"]["patches_replace"]["dit"]
-        for ref in patch.refs:
-            m.set_model_patch_replace(_tensor_hook(dit[(ref.hook, ref.index)], calls), "dit", ref.hook, ref.index)
+        for ref, slot in zip(patch.refs, patch.slots):
+            m.set_model_patch_replace(_tensor_hook(dit[(ref.hook, ref.index)], calls, slot), "dit", ref.hook, ref.index)
         m.remove_wrappers_with_key(APPLY_MODEL, WRAPPER_KEY)
         m.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, functools.partial(_hand_options, calls))
 
 
-def _tensor_hook(hook, calls: list[dict]):
+def _tensor(out) -> Tensor:
+    return out if isinstance(out, Tensor) else out["x"]
+
+
+def _tensor_hook(hook, calls: list[dict], slot: WidthSlot):
     """`hook` (the engine's contract) as this model calls it: args without transformer_options, a
-    tensor returned."""
+    tensor returned. The block's width slot rides along in the args for `call`.
+
+    A block that takes a long skip is not recomputed by router training's gradient checkpointing:
+    its skip input comes from an earlier block (so it carries the routers' gradient) but is not one
+    of the streams the checkpoint is given, and a reentrant recompute would backpropagate through
+    it a second time. Such blocks keep their activations instead."""
     def adapted(args: dict, extra: dict):
+        args = {**args, SLOT_KEY: slot}
+        if args.get("skip") is not None:  # not a plain function: router training will not recompute it
+            extra = {**extra, "original_block": functools.partial(extra["original_block"])}
         if "transformer_options" not in args and calls:
-            args = {**args, "transformer_options": calls[-1]}
+            args["transformer_options"] = calls[-1]
         out = hook(args, extra)
         return out["x"] if isinstance(out, dict) else out
     adapted.elastic_dit_prev = getattr(hook, "elastic_dit_prev", None)  # a later Apply replaces, never stacks
