@@ -289,6 +289,14 @@ def test_routers_of_another_family_are_refused_at_apply(env):
             el.apply(nodes, model, el.make_routers(pack, other))
 
 
+def test_paper_3d_setting_is_a_preset(env):
+    nodes, pack, tiny, el = env
+    model = tiny.build_3d("hunyuan3d21")
+    patched = el.apply(nodes, model, el.make_routers(pack, model), preset="paper: Hunyuan3D-3.0")
+    cfg = patched.model_options["transformer_options"]["elastic_dit"].config
+    assert (cfg.tau, cfg.delta, cfg.max_reuse) == (0.5, 0.15, 5)
+
+
 # -- Train Elastic Router on the 3D latent ---------------------------------------------------------
 
 def _empty_latent(resolution: int) -> dict:
@@ -327,3 +335,32 @@ def test_train_router_on_the_3d_latent(env, kind, tmp_path_factory):
     assert el.last_record(patched).totals()["executed_fraction"] < 0.95 and torch.isfinite(out).all()
     for name, mod in model.get_model_object("diffusion_model").named_modules():
         assert not getattr(mod, "weight_function", []) and "Elastic" not in type(mod).__name__, name
+
+
+# -- the example workflow (ComfyUI's own validation of it: tests/comfy/test_workflows.py) ----------
+
+def test_workflow_runs_image_to_mesh_through_apply():
+    """image -> image condition -> KSampler <- Apply Elastic DiT <- checkpoint; KSampler -> 3D VAE decode
+    -> mesh -> SaveGLB; Stats reads the Apply output after that KSampler."""
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "workflows", "hunyuan3d-elastic.json"), encoding="utf-8") as f:
+        wf = json.load(f)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    into = {(l[3], nodes[l[3]]["inputs"][l[4]]["name"]): nodes[l[1]]["type"] for l in wf["links"]}
+    by_type = {n["type"]: n["id"] for n in wf["nodes"]}
+    chain = [("CLIPVisionEncode", "image", "LoadImage"), ("CLIPVisionEncode", "clip_vision", "ImageOnlyCheckpointLoader"),
+             ("Hunyuan3Dv2Conditioning", "clip_vision_output", "CLIPVisionEncode"),
+             ("KSampler", "positive", "Hunyuan3Dv2Conditioning"), ("KSampler", "negative", "Hunyuan3Dv2Conditioning"),
+             ("KSampler", "latent_image", "EmptyLatentHunyuan3Dv2"), ("KSampler", "model", "ElasticDiTApply"),
+             ("ElasticDiTApply", "model", "ImageOnlyCheckpointLoader"), ("ElasticDiTApply", "router", "ElasticDiTRouterLoader"),
+             ("VAEDecodeHunyuan3D", "samples", "KSampler"), ("VAEDecodeHunyuan3D", "vae", "ImageOnlyCheckpointLoader"),
+             ("VoxelToMesh", "voxel", "VAEDecodeHunyuan3D"), ("SaveGLB", "mesh", "VoxelToMesh"),
+             ("ElasticDiTStats", "model", "ElasticDiTApply"), ("ElasticDiTStats", "samples", "KSampler")]
+    for dst, name, src in chain:
+        assert into.get((by_type[dst], name)) == src, (dst, name, into.get((by_type[dst], name)))
+    apply = nodes[by_type["ElasticDiTApply"]]
+    assert apply["widgets_values"][-2] == "paper: Hunyuan3D-3.0" and apply["widgets_values"][:3] == [0.5, 0.15, 5]
+    assert nodes[by_type["KSampler"]]["widgets_values"][3] > 1.0, "Hunyuan3D 2.1 needs cfg > 1 before ComfyUI 0.33"
+    assert any(n["type"] == "Note" for n in wf["nodes"])
