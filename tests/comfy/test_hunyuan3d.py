@@ -318,21 +318,22 @@ def test_train_router_on_the_3d_latent(env, kind, tmp_path_factory):
     with torch.inference_mode():  # as ComfyUI's executor runs nodes and loads models
         model = tiny.build_3d(kind, seed=3, std=0.08)
         pos, neg = tiny.conds_3d(1, 0, 8, tiny.context_dim_3d(model))  # what sample_3d passes
-        lat = _empty_latent(32)
-        before = tiny.sample_3d(model, cfg=2.0)
-    assert lat["samples"].shape == (1, 64, 32)
+        lat = _empty_latent(16)
+        before = tiny.sample_3d(model, cfg=2.0, resolution=16)
+    assert lat["samples"].shape == (1, 64, 16)
     node = nodes.NODE_CLASS_MAPPINGS["ElasticDiTTrainRouter"]()
     with torch.inference_mode():
-        ckpt = node.train(model, pos, lat, steps=25, learning_rate=0.05, rho_g=0.3, rho_w=0.5, filename=f"tiny {kind}",
-                          seed=0, negative=neg, cfg=2.0, sampling_steps=4, teacher_runs=2)[0]
+        ckpt = node.train(model, pos, lat, steps=12, learning_rate=0.1, rho_g=0.3, rho_w=0.5, filename=f"tiny {kind}",
+                          seed=0, negative=neg, cfg=2.0, sampling_steps=4, teacher_runs=1)[0]
     assert ckpt.meta.family == FAMILY[kind] and os.path.dirname(ckpt.path) == str(routers_dir)
     init = el.make_routers(pack, model).routers.state_dict()
     assert any(not torch.allclose(init[k], v) for k, v in ckpt.routers.state_dict().items())
     patched = el.apply(nodes, model, ckpt, delta=0.0, cache=False)
     with torch.inference_mode():
-        out = tiny.sample_3d(patched, cfg=2.0)
-        assert torch.equal(tiny.sample_3d(model, cfg=2.0), before), "training changed the user's model"
-    assert el.last_record(patched).totals()["executed_fraction"] < 0.95 and torch.isfinite(out).all()
+        out = tiny.sample_3d(patched, cfg=2.0, resolution=16)
+        assert torch.equal(tiny.sample_3d(model, cfg=2.0, resolution=16), before), "training changed the user's model"
+    tot = el.last_record(patched).totals()
+    assert tot["executed_fraction"] < 0.9 and torch.isfinite(out).all(), tot
     for name, mod in model.get_model_object("diffusion_model").named_modules():
         assert not getattr(mod, "weight_function", []) and "Elastic" not in type(mod).__name__, name
 

@@ -127,7 +127,7 @@ def test_training_with_and_without_gradient_checkpointing_agrees(env, tmp_path_f
     with torch.inference_mode():
         model = tiny.build_3d(KIND, seed=3, std=0.08)
         pos, neg = tiny.conds_3d(1, 0, 8, tiny.context_dim_3d(model))
-        lat = {"samples": tiny.latent_3d(1, 32)}
+        lat = {"samples": tiny.latent_3d(1, 16)}
         got = [node.train(model, pos, lat, steps=3, learning_rate=0.05, rho_g=0.3, rho_w=0.5, filename=f"gc {on}",
                           seed=0, negative=neg, cfg=2.0, sampling_steps=4, teacher_runs=1, batch_size=2,
                           gradient_checkpointing=on)[0] for on in (False, True)]
