@@ -135,7 +135,7 @@ class Hunyuan3D21Adapter(FamilyAdapter):
         return torch.cat(outs)  # [b, 1 + L, D]
 
     def extra_hooks(self, m, patch) -> None:
-        calls: list[dict] = []  # transformer_options of the model call under way (one per clone family)
+        calls: list[dict] = []  # transformer_options of the model call under way; shared by clones of m
         dit = m.model_options["transformer_options"]["patches_replace"]["dit"]
         for ref, slot in zip(patch.refs, patch.slots):
             m.set_model_patch_replace(_tensor_hook(dit[(ref.hook, ref.index)], calls, slot), "dit", ref.hook, ref.index)
