@@ -102,5 +102,6 @@ PAPER_PRESETS = {
     "qwen-image-base": ElasticConfig(delta=0.1, max_reuse=5),
     "qwen-image-turbo": ElasticConfig(delta=0.15, max_reuse=10),
     "flux-dev": ElasticConfig(delta=0.1, max_reuse=3),
+    "hunyuan3d-3.0": ElasticConfig(delta=0.15, max_reuse=5),
 }
 

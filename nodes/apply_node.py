@@ -18,6 +18,7 @@ PRESETS = {
     "paper: Qwen-Image base": "qwen-image-base",
     "paper: Qwen-Image turbo": "qwen-image-turbo",
     "paper: FLUX.1-dev": "flux-dev",
+    "paper: Hunyuan3D-3.0": "hunyuan3d-3.0",
 }
 
 

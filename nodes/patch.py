@@ -139,6 +139,7 @@ def install(m, patch: ElasticPatch, width: bool) -> None:
             for path, twin in patch.adapter.width_patches(dm, ref, patch.slots[i],
                                                           lambda p: m.get_model_object(f"diffusion_model.{p}")).items():
                 m.add_object_patch(f"diffusion_model.{path}", twin)
+    patch.adapter.extra_hooks(m, patch)
 
 
 def check_compatible(adapter: FamilyAdapter, dm, refs, ckpt: RouterCheckpoint) -> None:

@@ -6,9 +6,12 @@ from torch import nn
 from .base import BlockRef, FamilyAdapter
 from .chroma import ChromaAdapter
 from .flux import FluxAdapter
+from .hunyuan3d import Hunyuan3D2Adapter
+from .hunyuan3d_2_1 import Hunyuan3D21Adapter
 from .qwen_image import QwenImageAdapter
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (QwenImageAdapter(), FluxAdapter(), ChromaAdapter())
+ADAPTERS: tuple[FamilyAdapter, ...] = (QwenImageAdapter(), FluxAdapter(), ChromaAdapter(), Hunyuan3D2Adapter(),
+                                       Hunyuan3D21Adapter())
 
 
 class UnsupportedFamily(ValueError):

@@ -68,6 +68,14 @@ class FamilyAdapter:
         return {k: (v.index_select(0, rows) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == batch
                     and batch > 1 else v) for k, v in args.items()}
 
+    # -- hooks beyond the block hooks ------------------------------------------------------------
+    def extra_hooks(self, m, patch) -> None:
+        """Further sanctioned hooks this family needs on the clone `m` (a ModelPatcher), called once
+        its block hooks and twins for `patch` are in place. Default: none.
+
+        For a model whose block-hook contract differs from the usual one (args carry
+        `transformer_options`; the hook returns a dict of streams), e.g. Hunyuan3D 2.1."""
+
     def call(self, ref: BlockRef, args: dict, original: Callable[[dict], dict], x: Streams,
              rows: Tensor | None, batch: int) -> Streams:
         """Run the original block on `rows` (None: all) with these input streams."""
