@@ -34,7 +34,7 @@ class ElasticDiTApply:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "A Qwen-Image, Flux.1 or Chroma model. It is cloned, never changed."}),
+                "model": ("MODEL", {"tooltip": "A Qwen-Image, Flux.1, Chroma or Hunyuan3D (2.0, 2.1) model. It is cloned, never changed."}),
                 "router": (ROUTER_TYPE, {"tooltip": "Routers from Load Elastic Router, made for this model."}),
                 "tau": _f(0.5, 0.0, 1.0, 0.005, "Gate threshold: a block whose gate probability is below tau is skipped."),
                 "delta": _f(0.015, 0.0, 0.3, 0.005, "Borderline band [tau, tau + delta]: blocks in it reuse their "

@@ -91,7 +91,7 @@ class ElasticDiTTrainRouter:
         f = lambda d, lo, hi, st, tip: ("FLOAT", {"default": d, "min": lo, "max": hi, "step": st, "tooltip": tip})  # noqa: E731
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The plain model (Qwen-Image, Flux.1, Chroma) to train routers for. "
+                "model": ("MODEL", {"tooltip": "The plain model (Qwen-Image, Flux.1, Chroma, Hunyuan3D) to train routers for. "
                                    "It is cloned, never changed."}),
                 "positive": ("CONDITIONING", {"tooltip": "Prompts like the ones you will sample with."}),
                 "latent_image": ("LATENT", {"tooltip": "An empty latent of the size you will sample at."}),
