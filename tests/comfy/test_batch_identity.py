@@ -53,16 +53,10 @@ def _split_ckpt(el, pack, model, block, run, labels):
     return ckpt
 
 
-def _conds_rows(conds, rows):
-    out = []
-    for ctx, extra in conds:
-        e = {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in extra.items()}
-        out.append([ctx[rows], e])
-    return out
-
-
 def _sampler(kind, tiny, model, batch=1, steps=4, cfg=3.5, positive=None):
     import comfy.sample
+
+    from tests.comfy import elastic as el
     lat = tiny.latent(kind, batch)
     noise = comfy.sample.prepare_noise(lat, 7)
     ctx = model.get_model_object("diffusion_model").txt_in.in_features
@@ -70,8 +64,8 @@ def _sampler(kind, tiny, model, batch=1, steps=4, cfg=3.5, positive=None):
     pos = pos if positive is None else positive(pos)
 
     def run(m, rows=slice(0, batch)):
-        return comfy.sample.sample(m, noise[rows], steps, cfg, "euler", "simple", _conds_rows(pos, rows),
-                                   _conds_rows(neg, rows), lat[rows], seed=0, disable_pbar=True)
+        return comfy.sample.sample(m, noise[rows], steps, cfg, "euler", "simple", el.conds_rows(pos, rows),
+                                   el.conds_rows(neg, rows), lat[rows], seed=0, disable_pbar=True)
     return run
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
+from tests.router_probe import split_gate
 
 KINDS = ["hunyuan3d", "hunyuan3d21"]
 FAMILY = {"hunyuan3d": "hunyuan3d2", "hunyuan3d21": "hunyuan3d2_1"}
@@ -176,27 +177,6 @@ def _capture_router_inputs(model, adapter, ref, sample_fn):
     return got["tokens"], got["cond"]
 
 
-@torch.no_grad()
-def _straddle(router, tokens, cond, samples, margin=8.0):
-    """Gate head such that rows of sample 0 get p << tau and rows of sample 1 p >> tau on these inputs."""
-    head = router.out[2]
-    head.bias.zero_()
-    cols = []
-    for j in range(head.weight.shape[1]):
-        head.weight.zero_()
-        head.weight[0, j] = 1.0
-        cols.append(router(tokens, cond).gate_logit)
-    h = torch.stack(cols, 1)  # [B, H]
-    s = torch.tensor(samples)
-    w = h[s == 1].mean(0) - h[s == 0].mean(0)
-    proj = h @ w
-    lo, hi = proj[s == 0].max(), proj[s == 1].min()
-    assert lo < hi, "cannot separate the two samples with a linear gate (test setup)"
-    scale = 2 * margin / (hi - lo)
-    head.weight.copy_((w * scale).unsqueeze(0))
-    head.bias.fill_(float(-(lo + hi) / 2 * scale))
-
-
 def _batch_case(env, kind):
     import comfy.sample
     nodes, pack, tiny, el = env
@@ -214,7 +194,7 @@ def _batch_case(env, kind):
     straddled, narrow, band = (1, 2, 3)
     tokens, cond = _capture_router_inputs(model, adapter, refs[straddled], run)
     ckpt = el.make_routers(pack, model)
-    _straddle(ckpt.routers[straddled], tokens, cond, [r % 2 for r in range(4)])  # [chunk 0: s0, s1; chunk 1: s0, s1]
+    split_gate(ckpt.routers[straddled], tokens, cond, [r % 2 for r in range(4)])  # [chunk 0: s0, s1; chunk 1: s0, s1]
     el.force(ckpt.routers[narrow], width_idx=1)
     el.force(ckpt.routers[band], p=REUSE_BAND)
     return nodes, el, model, el.apply(nodes, model, ckpt, cache_start_percent=0.0), run, straddled
