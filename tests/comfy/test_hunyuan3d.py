@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
+from tests.comfy.records import block_refs as _refs, event_rows as _rows
 from tests.router_probe import split_gate
 
 KINDS = ["hunyuan3d", "hunyuan3d21"]
@@ -25,21 +26,6 @@ def env(comfy):
     stats = pack.elastic_core.stats
     assert (stats.SKIP, stats.REUSE, stats.RUN) == (SKIP, REUSE, RUN)
     return nodes, pack, tiny, elastic
-
-
-def _refs(pack, model):
-    dm = model.get_model_object("diffusion_model")
-    return pack.nodes.adapters.adapter_for(dm).blocks(dm)
-
-
-def _rows(rec):
-    cols = rec.events
-    out = []
-    for vals in zip(*cols.values()):
-        e = dict(zip(cols, vals))
-        e["stream"] = rec.streams[e["stream"]]
-        out.append(e)
-    return out
 
 
 def _identity(model, refs):
@@ -273,7 +259,7 @@ def test_paper_3d_setting_is_a_preset(env):
     nodes, pack, tiny, el = env
     model = tiny.build_3d("hunyuan3d21")
     patched = el.apply(nodes, model, el.make_routers(pack, model), preset="paper: Hunyuan3D-3.0")
-    cfg = patched.model_options["transformer_options"]["elastic_dit"].config
+    cfg = patched.model_options["transformer_options"]["elastic_dit"].policy.config
     assert (cfg.tau, cfg.delta, cfg.max_reuse) == (0.5, 0.15, 5)
 
 

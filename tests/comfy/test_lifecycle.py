@@ -11,6 +11,7 @@ import torch
 
 # Binds `tests` to this repo's package before ComfyUI (which has a `tests` package too) is on sys.path.
 import tests.comfy  # noqa: F401,E402
+from tests.comfy.records import block_refs as _refs, event_rows as _rows
 from tests.router_probe import split_gate  # noqa: E402
 
 REUSE_BAND = 0.505  # in [tau, tau + delta] with the node's defaults tau 0.5, delta 0.015
@@ -27,22 +28,6 @@ def env(comfy):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-def _refs(pack, model):
-    dm = model.get_model_object("diffusion_model")
-    return pack.nodes.adapters.adapter_for(dm).blocks(dm)
-
-
-def _rows(rec):
-    """The record's events as dicts, stream names spelled out."""
-    cols = rec.events
-    out = []
-    for vals in zip(*cols.values()):
-        e = dict(zip(cols, vals))
-        e["stream"] = rec.streams[e["stream"]]
-        out.append(e)
-    return out
-
 
 def _per_row_actions(rec):
     """{(block, stream, sample): [action per model call, in order]}"""
