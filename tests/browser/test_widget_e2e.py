@@ -85,6 +85,13 @@ def browser(server):
         except Exception as e:
             pytest.fail(f"the ComfyUI page did not get ready with the Elastic DiT extension within 60 s ({e}); "
                         f"console: {b.console[-20:]}")
+        # Frontend 1.4x opens a template graph for a fresh profile after the app is ready; let that finish (its
+        # requests are over when the network is idle) so that it cannot replace the first dropped workflow.
+        try:
+            b.page.wait_for_load_state("networkidle", timeout=20_000)
+        except Exception as e:
+            print(f"[browser e2e] the page's network did not go idle within 20 s ({e}); going on")
+        b.page.wait_for_timeout(500)
         _t("frontend ready", t0)
         yield b
     finally:
@@ -148,31 +155,35 @@ def test_workflow_loads_with_widgets_as_saved(browser, server, path):
     since = len(browser.console)
     page, stem = browser.page, os.path.splitext(os.path.basename(path))[0]
     res = page.evaluate("([t, n]) => window.__edt.loadWorkflow(t, n)", [text, os.path.basename(path)])
-    _shot(browser, f"{server.version}-workflow-{stem}-as-loaded.png")  # with the frontend's dialogs (missing models)
+    _shot(browser, f"{server.label}-workflow-{stem}-as-loaded.png")  # with the frontend's dialogs (missing models)
     if page.evaluate("() => window.__edt.closeDialogs()"):
         page.keyboard.press("Escape")
         page.wait_for_timeout(300)
-    _shot(browser, f"{server.version}-workflow-{stem}.png")
+    _shot(browser, f"{server.label}-workflow-{stem}.png")
     apply_id = page.evaluate("() => window.__edt.firstOfType('ElasticDiTApply')")
     if apply_id is not None:
         page.evaluate("id => window.__edt.focus(id, 0.9)", apply_id)
-        _shot(browser, f"{server.version}-workflow-{stem}-apply.png")
+        _shot(browser, f"{server.label}-workflow-{stem}-apply.png")
 
+    name = os.path.basename(path)
+    assert res["shownIsFile"], f"{name}: after the drop the canvas shows another graph: {[n['type'] for n in res['nodes']]}"
     json_types = {n["type"] for n in data["nodes"]}
     unregistered = sorted(t for t in json_types if not browser.page.evaluate("t => window.__edt.registered(t)", t))
-    assert not unregistered, f"{os.path.basename(path)}: node types unknown to this ComfyUI: {unregistered}"
-    missing = [(n["id"], n["type"]) for n in res["nodes"] if not n["registered"] or n["has_errors"]]
-    assert not missing, f"{os.path.basename(path)}: missing / broken nodes after loading: {missing}"
+    assert not unregistered, f"{name}: node types unknown to this ComfyUI: {unregistered}"
+    expected, broken = _flagged_nodes(res)
+    assert not broken, f"{name}: missing / broken nodes after loading (not explained by a missing model file): {broken}"
+    if expected:
+        print(f"[browser e2e] {name}: flagged for model files this server lacks (expected, no weights here): {expected}")
     dialogs = [d for d in res["dialogs"] if re.search(r"missing|not found", d, re.I) and "node" in d.lower()]
     assert not dialogs, f"{os.path.basename(path)}: the frontend reported missing nodes: {dialogs}"
 
-    loaded = {n["id"]: n for n in res["nodes"]}
+    loaded = {str(n["id"]): n for n in res["nodes"]}  # live ids are strings from frontend 1.4x on
     checked = 0
     for n in data["nodes"]:
         if not n["type"].startswith("ElasticDiT"):
             continue
         saved = n.get("widgets_values")
-        got = loaded[n["id"]]
+        got = loaded[str(n["id"])]
         if isinstance(saved, dict):  # keyed form: compare by widget name
             values = {w["name"]: w["value"] for w in got["widgets"]}
             bad = {k: (v, values.get(k)) for k, v in saved.items() if not _same(v, values.get(k))}
@@ -186,9 +197,33 @@ def test_workflow_loads_with_widgets_as_saved(browser, server, path):
         assert _same(got["serialized"], saved) or isinstance(saved, dict), \
             f"{os.path.basename(path)} node {n['id']} {n['type']}: saving again gives {got['serialized']}, file has {saved}"
         checked += 1
-    print(f"[browser e2e] {os.path.basename(path)}: {len(data['nodes'])} nodes, {checked} Elastic DiT nodes as saved")
+    print(f"[browser e2e] {name}: {len(data['nodes'])} nodes, {checked} Elastic DiT nodes as saved")
     errs = _pack_errors(browser, since)
     assert not errs, f"{os.path.basename(path)}: console errors about the pack or a widget: {errs}"
+
+
+def _flagged_nodes(res) -> tuple[list, list]:
+    """(expected, broken) among the nodes of a loaded workflow.
+
+    Expected: a registered node the frontend flags (has_errors: the red outline of frontend 1.4x and later)
+    only because a combo widget names a model file this server does not have (no weights ship with the
+    tests), and, where the frontend keeps a list of missing models, that list names this node and file.
+    Broken: an unregistered node type, or one flagged for anything else."""
+    listed = res["missingModels"]  # None on frontends without the list (1.35 and older flag nothing)
+    expected, broken = [], []
+    for n in res["nodes"]:
+        files = {tuple(f) for f in n["missingFiles"]}
+        mine = {(m["widget"], m["name"]) for m in listed or [] if m["node"] == n["id"]}
+        if not n["registered"]:
+            broken.append((n["id"], n["type"], "not registered"))
+        elif n["has_errors"] and not files:
+            broken.append((n["id"], n["type"], "flagged with errors, yet every file it names is here"))
+        elif n["has_errors"] and listed is not None and not (mine and mine <= files):
+            broken.append((n["id"], n["type"], f"flagged; the frontend's missing-model list says {sorted(mine)}, "
+                                               f"its widgets name {sorted(files)}"))
+        elif n["has_errors"]:
+            expected.append((n["id"], n["type"], sorted(v for _, v in files)))
+    return expected, broken
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +241,7 @@ def run(browser, server):
             "() => window.__edt.events().some(e => ['execution_success', 'execution_error', 'execution_interrupted']"
             ".includes(e.ev))", timeout=RUN_TIMEOUT_S * 1000)
     except Exception as e:
-        _shot(browser, f"{server.version}-run-timeout.png")
+        _shot(browser, f"{server.label}-run-timeout.png")
         pytest.fail(f"the prompt did not finish within {RUN_TIMEOUT_S} s ({e}); queue returned {queued}; "
                     f"events {page.evaluate('() => window.__edt.events()')}; server log tail:\n{server.log()[-3000:]}")
     events = page.evaluate("() => window.__edt.events()")
@@ -313,9 +348,9 @@ def test_knobs_are_sliders_and_what_if_recolours(run, browser, server):
         assert skipped(est["summary"]) != skipped(base_summary), (est["summary"], base_summary)
         assert skipped(est["summary"]) > skipped(base_summary)  # a higher threshold skips more
         assert est["cells"] == str(N_BLOCKS * STEPS)
-        _shot(browser, f"{server.version}-widget-whatif-full.png")
+        _shot(browser, f"{server.label}-widget-whatif-full.png")
         layout = page.evaluate("id => window.__edt.focus(id, 0.9)", apply_id)
-        _shot(browser, f"{server.version}-widget-whatif.png")
+        _shot(browser, f"{server.label}-widget-whatif.png")
         print(f"[browser e2e] what-if at tau 0.75: {est['summary']!r}; zoomed layout {layout}")
 
         back = page.evaluate("([id, v]) => window.__edt.setKnob(id, 'tau', v)", [apply_id, recorded["tau"]])
@@ -331,16 +366,24 @@ def test_knobs_are_sliders_and_what_if_recolours(run, browser, server):
         back = page.evaluate("([id, v]) => window.__edt.setKnob(id, 'delta', v)", [apply_id, recorded["delta"]])
         assert back["estimate"] == "0" and back["summary"] == base_summary, (back["summary"], base_summary)
 
-        # The same with the mouse: a click at 3/4 of the tau slider goes through the frontend's own slider code,
-        # which must reach the pack's callback.
+        # The same with the mouse, as a user does it: drag the tau slider from its value to 3/4, then a click at
+        # 1/4. Both go through the frontend's own slider code, which must reach the pack's callback.
         page.evaluate("id => window.__edt.focus(id, 0.9)", apply_id)
-        pt = page.evaluate("([id, f]) => window.__edt.widgetPoint(id, 'tau', f)", [apply_id, 0.75])
+        dragged = _drag_knob(page, apply_id, "tau", recorded["tau"], 0.75)
+        tau = _knob(dragged, "tau")
+        assert abs(tau - 0.75) < 0.03, f"dragging the tau slider from {recorded['tau']} to 3/4 set tau to {tau}"
+        assert dragged["estimate"] == "1" and dragged["summary"].startswith("what-if estimate: "), dragged["summary"]
+        assert skipped(dragged["summary"]) > skipped(base_summary), (dragged["summary"], base_summary)
+        _shot(browser, f"{server.label}-widget-dragged.png")
+        pt = page.evaluate("([id, f]) => window.__edt.widgetPoint(id, 'tau', f)", [apply_id, 0.25])
         page.mouse.click(pt["x"], pt["y"])
         page.wait_for_timeout(200)
         clicked = page.evaluate("id => window.__edt.widgetState(id)", apply_id)
-        tau = next(k for k in clicked["knobs"] if k["name"] == "tau")["value"]
-        assert abs(tau - 0.75) < 0.03, f"a click at 3/4 of the tau slider set tau to {tau}"
-        assert clicked["estimate"] == "1" and clicked["summary"].startswith("what-if estimate: "), clicked["summary"]
+        tau = _knob(clicked, "tau")
+        assert abs(tau - 0.25) < 0.03, f"a click at 1/4 of the tau slider set tau to {tau}"
+        assert clicked["estimate"] == "1" and skipped(clicked["summary"]) < skipped(base_summary), clicked["summary"]
+        print(f"[browser e2e] mouse: drag to 3/4 -> tau {_knob(dragged, 'tau'):.3f} ({dragged['summary']!r}); "
+              f"click at 1/4 -> tau {tau:.3f} ({clicked['summary']!r})")
         back = page.evaluate("([id, v]) => window.__edt.setKnob(id, 'tau', v)", [apply_id, recorded["tau"]])
         assert back["estimate"] == "0" and back["summary"] == base_summary
         errs = _pack_errors(browser, since)
@@ -348,6 +391,24 @@ def test_knobs_are_sliders_and_what_if_recolours(run, browser, server):
     finally:  # later tests expect the recorded knob values
         page.evaluate("([id, v]) => window.__edt.restoreKnobs(id, v)",
                       [apply_id, {k: recorded[k] for k in ("tau", "delta", "max_reuse")}])
+
+
+def _knob(state, name):
+    return next(k for k in state["knobs"] if k["name"] == name)["value"]
+
+
+def _drag_knob(page, node_id, name, start: float, end: float) -> dict:
+    """Press the mouse on a slider at `start` (fraction of its width), move it to `end` in steps, release."""
+    a = page.evaluate("([id, n, f]) => window.__edt.widgetPoint(id, n, f)", [node_id, name, start])
+    b = page.evaluate("([id, n, f]) => window.__edt.widgetPoint(id, n, f)", [node_id, name, end])
+    page.mouse.move(a["x"], a["y"])
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(a["x"] + (b["x"] - a["x"]) * k / 8, a["y"])
+        page.wait_for_timeout(25)
+    page.mouse.up()
+    page.wait_for_timeout(200)
+    return page.evaluate("id => window.__edt.widgetState(id)", node_id)
 
 
 def test_stats_node_preview_image(run, server):
@@ -369,6 +430,10 @@ def test_saved_workflow_carries_no_heatmap(run, browser):
     assert isinstance(vals, list) and len(vals) == len(APPLY_WIDGETS), f"Apply node saves {vals}"
     assert vals[:3] == [0.5, 0.015, 10] and vals[8:] == ["sliders", "auto"], vals
     assert not any(isinstance(v, (dict, list)) for v in vals), vals
+    named = s["apply"].get("widgets_values_named")  # frontend 1.4x and later also save the values by name
+    if named is not None:
+        assert set(named) == set(APPLY_WIDGETS), f"the Apply node saves the named values {sorted(named)}"
+        assert [named[k] for k in APPLY_WIDGETS] == vals, (named, vals)
     assert s["applyBytes"] < 4000, f"the Apply node takes {s['applyBytes']} bytes in the saved workflow"
     assert s["bytes"] < 50_000, f"the saved workflow takes {s['bytes']} bytes"
     assert "elastic_heatmap" not in s["applyApiInputs"] and set(APPLY_WIDGETS) <= set(s["applyApiInputs"]), \
@@ -382,10 +447,10 @@ def test_screenshot_of_the_finished_run(run, browser, server):
     assert st["estimate"] == "0" and st["cells"] == str(N_BLOCKS * STEPS)
     page.mouse.move(support.VIEWPORT["width"] - 8, support.VIEWPORT["height"] // 2)  # no hover tooltip in the picture
     page.evaluate("() => window.__edt.fitAll()")
-    full = _shot(browser, f"{server.version}-graph.png")
+    full = _shot(browser, f"{server.label}-graph.png")
     lay = page.evaluate("id => window.__edt.focus(id, 0.9)", apply_id)
-    path = _shot(browser, f"{server.version}-widget.png")
-    if os.environ.get("ELASTIC_DIT_UPDATE_DOCS"):  # refresh the README's screenshot only when asked
+    path = _shot(browser, f"{server.label}-widget.png")
+    if os.environ.get("ELASTIC_DIT_UPDATE_DOCS") and not server.frontend:  # only when asked; the pinned frontend
         docs = os.path.join(support.REPO_ROOT, "docs")
         os.makedirs(docs, exist_ok=True)
         shutil.copyfile(path, os.path.join(docs, f"widget-{server.version}.png"))
@@ -395,3 +460,10 @@ def test_screenshot_of_the_finished_run(run, browser, server):
     assert w and w["width"] * 1 >= 300 and w["height"] >= 300, f"the widget is too small to read when zoomed: {lay}"
     assert 0 <= w["left"] and w["right"] <= support.VIEWPORT["width"] and 0 <= w["top"] \
         and w["bottom"] <= support.VIEWPORT["height"], f"the widget is not fully in view: {lay}"
+
+
+def test_no_deprecated_api_warnings_from_the_pack(run, browser):
+    """Nothing the pack's JS calls makes the frontend warn (deprecations included), over everything the tests
+    did: the page load, workflow drops, the live run, the knobs. Attributed by the pack's files on the stack."""
+    got = browser.page.evaluate("() => window.__edt.fromPack()")
+    assert not got, f"console warnings / errors raised from the pack's code: {got}"
