@@ -33,8 +33,12 @@
   window.__edt = {
     ready() {
       const a = app();
-      return !!(a?.graph && window.LiteGraph?.registered_node_types?.ElasticDiTApply &&
-                a.extensions?.some((e) => e.name === "elastic_dit.heatmap") && a.canvas);
+      const ok = !!(a?.graph && window.LiteGraph?.registered_node_types?.ElasticDiTApply &&
+                    a.extensions?.some((e) => e.name === "elastic_dit.heatmap") && a.canvas);
+      // LiteGraph (frontend 1.4x and later) says each deprecation once per page; from here on, every time, so
+      // that the pack's use of one is seen even where the frontend's own code said it first.
+      if (ok && "alwaysRepeatWarnings" in window.LiteGraph) window.LiteGraph.alwaysRepeatWarnings = true;
+      return ok;
     },
 
     registered(type) { return !!window.LiteGraph.registered_node_types[type]; },
