@@ -45,6 +45,29 @@
 
     fromPack() { return fromPack; },
 
+    frontendVersion() { return window.__COMFYUI_FRONTEND_VERSION__ ?? null; },
+
+    // "Modern Node Design (Nodes 2.0)", the frontend's opt-in DOM rendering of nodes (setting
+    // Comfy.VueNodes.Enabled, off by default): switch it as the settings dialog does. null: no such setting.
+    async setNodes2(on) {
+      const s = app().extensionManager?.setting;
+      if (!s?.get || s.get("Comfy.VueNodes.Enabled") === undefined) return null;
+      await s.set("Comfy.VueNodes.Enabled", on);
+      await sleep(800);
+      await frames(4);
+      return s.get("Comfy.VueNodes.Enabled");
+    },
+
+    // A node drawn by Nodes 2.0: its slider thumbs (screen centres, values) in widget order, and whether the
+    // heatmap element sits inside it.
+    nodes2Knobs(nodeId) {
+      const el = document.querySelector(`[data-node-id="${nodeId}"]`);
+      const thumbs = el ? [...el.querySelectorAll("[role=slider]")] : [];
+      return { node: !!el, heatmap: !!el?.querySelector("div.elastic-dit-heatmap"),
+               sliders: thumbs.map((t) => { const r = t.getBoundingClientRect();
+                 return { x: r.left + r.width / 2, y: r.top + r.height / 2, value: Number(t.getAttribute("aria-valuenow")) }; }) };
+    },
+
     // The frontend's own list of model files the graph names but this server lacks (frontend 1.4x and
     // later draw those loaders with a red outline): [{node, widget, name}], or null where it keeps none.
     missingModels() {

@@ -462,6 +462,43 @@ def test_screenshot_of_the_finished_run(run, browser, server):
         and w["bottom"] <= support.VIEWPORT["height"], f"the widget is not fully in view: {lay}"
 
 
+def test_nodes_2_sliders_drag_and_the_what_if_follows(run, browser, server):
+    """With the frontend's opt-in "Modern Node Design (Nodes 2.0)" the knobs are DOM sliders and the heatmap
+    a DOM element inside the node: dragging tau's slider must still reach the what-if."""
+    page, apply_id = browser.page, run["ids"]["apply"]
+    fe = page.evaluate("() => window.__edt.frontendVersion()") or "?"
+    recorded = run["state"]["payload"]["config"]
+    if page.evaluate("() => window.__edt.setNodes2(true)") is None:
+        pytest.skip(f"frontend {fe} has no Nodes 2.0 setting")
+    try:
+        page.evaluate("id => window.__edt.focus(id, 0.9)", apply_id)
+        dom = page.evaluate("id => window.__edt.nodes2Knobs(id)", apply_id)
+        assert dom["node"] and len(dom["sliders"]) >= 3, f"frontend {fe}, Nodes 2.0: no slider thumbs on the Apply node: {dom}"
+        assert [s["value"] for s in dom["sliders"][:3]] == [recorded["tau"], recorded["delta"], recorded["max_reuse"]], dom
+        if fe.startswith("1.27."):  # that frontend's first, experimental Nodes 2.0 draws no DOM widget of any pack
+            assert not dom["heatmap"]
+            pytest.skip(f"frontend {fe}: its experimental Nodes 2.0 draws no DOM widgets (the heatmap); from 1.35 it does")
+        assert dom["heatmap"], f"frontend {fe}, Nodes 2.0: the heatmap is not inside the Apply node"
+        tau = dom["sliders"][0]
+        page.mouse.move(tau["x"], tau["y"])
+        page.mouse.down()
+        for k in range(1, 9):
+            page.mouse.move(tau["x"] + 3 * k, tau["y"])
+            page.wait_for_timeout(25)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+        st = page.evaluate("id => window.__edt.widgetState(id)", apply_id)
+        _shot(browser, f"{server.label}-widget-nodes2.png")
+        assert _knob(st, "tau") > recorded["tau"], f"dragging the Nodes 2.0 tau slider right left tau at {_knob(st, 'tau')}"
+        assert st["estimate"] == "1" and st["summary"].startswith("what-if estimate: "), st["summary"]
+        assert st["cells"] == str(N_BLOCKS * STEPS), st
+        print(f"[browser e2e] Nodes 2.0 on frontend {fe}: tau dragged to {_knob(st, 'tau')}: {st['summary']!r}")
+    finally:
+        page.evaluate("() => window.__edt.setNodes2(false)")
+        page.evaluate("([id, v]) => window.__edt.restoreKnobs(id, v)",
+                      [apply_id, {k: recorded[k] for k in ("tau", "delta", "max_reuse")}])
+
+
 def test_no_deprecated_api_warnings_from_the_pack(run, browser):
     """Nothing the pack's JS calls makes the frontend warn (deprecations included), over everything the tests
     did: the page load, workflow drops, the live run, the knobs. Attributed by the pack's files on the stack."""
