@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -265,3 +266,18 @@ def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"not a PNG (starts with {data[:8]!r})"
     assert data[12:16] == b"IHDR"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def pack_errors(b: Browser, since: int = 0) -> list[dict]:
+    """Console errors and page errors that concern this pack or a widget."""
+    pat = re.compile(r"elastic|widget", re.I)
+    return [m for m in b.console[since:] if m["type"] in ("error", "pageerror", "assert")
+            and (pat.search(m["text"]) or pat.search(m["url"]) or pat.search(m["stack"]))]
+
+
+def shot(b: Browser, name: str) -> str:
+    """A screenshot of the page, kept under tests/browser/artifacts/ (not committed)."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    b.page.screenshot(path=path)
+    return path
