@@ -70,7 +70,10 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     import nodes
 
     prompt = _read_prompt(workflow)
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
+    if "nodes_replacements.py" in failed:  # ComfyUI 0.33: it registers with the web server, which is not started here
+        logging.info("(nodes_replacements.py only registers node replacements with ComfyUI's web server, which a "
+                     "headless run does not start: not needed to run the workflow)")
     for d in [PACK_ROOT, *extra_nodes]:
         if not asyncio.run(nodes.load_custom_node(d)):
             raise SystemExit(f"ComfyUI could not load the custom nodes in {d} (see the log above)")
