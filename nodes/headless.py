@@ -47,13 +47,16 @@ def _read_prompt(path: str) -> dict:
     return data
 
 
-def _executor(execution, args):
-    """ComfyUI's executor with its default (classic) cache, built as each version's main.py builds it."""
+def _executor(execution):
+    """ComfyUI's executor with the classic cache (an output is dropped once nothing needs it: a one-shot run
+    wants no more), built as each version's main.py builds it for `--cache-classic`. The cache arguments
+    are given as numbers, not read from ComfyUI's command line: `--cache-ram` is one float up to 0.8 and a
+    list of up to two (active, inactive GB) in 0.33, which reads `ram` and `ram_inactive` with int()."""
     import inspect
     params = inspect.signature(execution.PromptExecutor).parameters
-    if "cache_args" in params:  # 0.4+
-        return execution.PromptExecutor(_Console(), cache_args={"lru": args.cache_lru, "ram": getattr(args, "cache_ram", 0)})
-    return execution.PromptExecutor(_Console(), cache_size=args.cache_lru)  # 0.3.x
+    if "cache_args" in params:  # 0.4+; "ram_inactive" is read from 0.33 on, ignored before
+        return execution.PromptExecutor(_Console(), cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
+    return execution.PromptExecutor(_Console(), cache_size=0)  # 0.3.x
 
 
 def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
@@ -67,7 +70,10 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     import nodes
 
     prompt = _read_prompt(workflow)
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
+    if "nodes_replacements.py" in failed:  # ComfyUI 0.33: it registers with the web server, which is not started here
+        logging.info("(nodes_replacements.py only registers node replacements with ComfyUI's web server, which a "
+                     "headless run does not start: not needed to run the workflow)")
     for d in [PACK_ROOT, *extra_nodes]:
         if not asyncio.run(nodes.load_custom_node(d)):
             raise SystemExit(f"ComfyUI could not load the custom nodes in {d} (see the log above)")
@@ -75,7 +81,7 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:
         raise SystemExit(f"{workflow}: the workflow does not validate: {json.dumps(valid[1])} {json.dumps(valid[3])}")
-    executor = _executor(execution, args)
+    executor = _executor(execution)
     executor.execute(prompt, prompt_id, {}, valid[2])
     if not executor.success:
         msgs = [m for m in executor.status_messages if m[0] in ("execution_error", "execution_interrupted")]

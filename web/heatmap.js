@@ -4,6 +4,7 @@
 
 export const SKIP = 0, REUSE = 1, RUN = 2;
 const LABEL_W = 92, TOP = 4, LEGEND_H = 54;
+const LEGEND_END_W = 12;  // the ramp's closing "1" label, 10px font, and a margin
 const MIN_ROW_PX = 4;  // a block row never gets thinner than this (57 Flux blocks, 60 Qwen-Image blocks)
 
 // The canvas height (CSS pixels) that gives every one of nBlocks rows at least MIN_ROW_PX.
@@ -87,7 +88,7 @@ function drawLabels(ctx, lay, blocks, palette) {
 }
 
 function drawLegend(ctx, lay, opts, palette) {
-  const y = lay.legendY, w = Math.min(160, lay.width - lay.x0 - 4);
+  const y = lay.legendY, w = Math.min(160, lay.width - lay.x0 - LEGEND_END_W);  // room for the "1" after the ramp
   for (let i = 0; i < w; i++) {
     ctx.fillStyle = ramp(i / (w - 1), palette);
     ctx.fillRect(lay.x0 + i, y, 1, 8);
@@ -101,7 +102,7 @@ function drawLegend(ctx, lay, opts, palette) {
   ctx.font = "10px sans-serif";
   ctx.fillText("p: 0", 2, y + 8);
   ctx.fillText("1", lay.x0 + w + 3, y + 8);
-  ctx.fillText(`tau ${opts.tau}`, lay.x0, y + 20);
+  ctx.fillText(`tau ${Number(opts.tau.toFixed(3))}`, lay.x0, y + 20);  // a dragged slider gives any float
   ctx.fillText("dark: skipped · dot: reused · bar: MLP width", 2, y + 32);
   if (opts.estimate) {
     ctx.fillStyle = palette.tau;

@@ -62,6 +62,15 @@ test("legend: the ramp, tau marked where it lies, the estimate flagged", () => {
   assert.ok(ops.some((o) => o.op === "text" && o.t === "tau 0.25"));
 });
 
+test("legend on a narrow widget: the closing label stays inside; a dragged tau is shown rounded", () => {
+  const { ctx, ops } = recorder();
+  const width = 259;  // the canvas width the Apply node gives the widget at its default size
+  drawHeatmap(ctx, grid, { width, height: 200, tau: 0.7311475409836066, delta: 0.015, estimate: false });
+  const one = ops.find((o) => o.op === "text" && o.t === "1");
+  assert.ok(one && one.x + 7 <= width, `the ramp's "1" starts at ${one?.x}, past the ${width} px canvas`);
+  assert.ok(ops.some((o) => o.op === "text" && o.t === "tau 0.731"), ops.filter((o) => o.op === "text").map((o) => o.t));
+});
+
 test("ramp ends on the palette's first and last stops", () => {
   assert.equal(ramp(0, PALETTE), "rgb(68,1,84)");
   assert.equal(ramp(1, PALETTE), "rgb(253,231,37)");
