@@ -22,6 +22,23 @@ PRESETS = {
 }
 
 
+FILE_SETS = ("tau", "delta", "max_reuse", "cache_start_percent", "cache_end_percent")  # what "router file defaults" sets
+
+
+def preset_table() -> dict:
+    """For the widget: what each preset sets ({input: value}, or the inputs the router file sets)."""
+    out = {}
+    for name, key in PRESETS.items():
+        if key is None:
+            out[name] = {"sets": {}}
+        elif key == "file":
+            out[name] = {"from_file": list(FILE_SETS)}
+        else:
+            p = PAPER_PRESETS[key]
+            out[name] = {"sets": {"tau": p.tau, "delta": p.delta, "max_reuse": p.max_reuse}}
+    return out
+
+
 def _f(default, lo, hi, step, tip, slider=True):
     opts = {"default": default, "min": lo, "max": hi, "step": step, "tooltip": tip}
     if slider:

@@ -201,6 +201,18 @@
         view: s?.view ?? null,
         options: [...(root?.querySelectorAll("select option") || [])].map((o) => ({ value: o.value, text: o.textContent })),
         selected: root?.querySelector("select")?.value ?? null,
+        selectFit: (() => {  // the view selector's box against its longest label (truncation shows as "uncond · sample (")
+          const sel = root?.querySelector("select");
+          if (!sel || !sel.options.length) return null;
+          const ctx = document.createElement("canvas").getContext("2d");
+          ctx.font = getComputedStyle(sel).font;
+          const text = Math.max(...[...sel.options].map((o) => ctx.measureText(o.textContent).width));
+          return { box: sel.clientWidth, text };
+        })(),
+        marks: ["tau", "delta", "max_reuse", "cache_start_percent", "cache_end_percent"].map((n) => {
+          const w = widget(node, n);  // what a preset did to the slider: greyed, and its label
+          return w ? { name: n, value: w.value, disabled: !!w.disabled, label: w.label ?? null } : null; }),
+        preset: widget(node, "preset")?.value ?? null,
         knobs: ["tau", "delta", "max_reuse"].map((n) => { const w = widget(node, n);
           return w ? { name: n, type: w.type, value: w.value, options: { min: w.options?.min, max: w.options?.max,
                        step: w.options?.step, step2: w.options?.step2, round: w.options?.round }, callback: typeof w.callback } : null; }),

@@ -206,12 +206,14 @@ def test_heatmap_shows_the_finished_run(run, browser):
 def test_view_selector_labels_match_the_views(run):
     """Option i of the view <select> must name payload view i (the one drawn when it is chosen)."""
     st = run["state"]
-    views = [f"{v['stream']} · sample {v['sample']}" for v in st["payload"]["views"]]
+    views = [f"{v['stream']} #{v['sample']}" for v in st["payload"]["views"]]
     labels = [o["text"] for o in st["options"]]
     assert labels == views, (f"the view selector's options {labels} do not match the payload's views {views}: "
                              f"the selected option ({st['selected']}) says "
                              f"{labels[int(st['selected'])] if st['selected'] else None!r} while view {st['view']} "
                              f"({views[st['view']]}) is drawn")
+    fit = st["selectFit"]
+    assert fit["box"] >= fit["text"] + 12, f"the view selector ({fit['box']} px) clips its labels ({fit['text']:.0f} px)"
 
 
 def test_stats_node_preview_image(run, server):

@@ -55,3 +55,31 @@ def test_router_file_defaults_preset(env):
     c = rec.config
     assert (c["tau"], c["delta"], c["max_reuse"], c["cache_start"], c["cache_end"]) == (0.3, 0.1, 2, 0.5, 1.0)
     assert sorted(rec.cache_steps) == [4, 5, 6, 7]  # the file's window, in the same unit as the sliders'
+
+
+def test_widget_marks_what_each_preset_overrides(env, tmp_path):
+    """The server's preset table through the widget's pure marking (node --test): the sliders marked are
+    exactly what Apply takes from the preset when the graph runs."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    nodes, pack, tiny, el = env
+    node_js = shutil.which("node")
+    if node_js is None:
+        pytest.skip("node (Node.js) is not installed")
+    table = pack.nodes.apply_node.preset_table()
+    assert set(table) == set(pack.nodes.apply_node.PRESETS)
+    overrides = {}
+    for name in table:  # what the node really overrides: run it and see which inputs it ignored
+        _, rec = _run(env, name, skip_blocks=True)
+        c = rec.config
+        ran = {"tau": c["tau"], "delta": c["delta"], "max_reuse": c["max_reuse"],
+               "cache_start_percent": c["cache_start"], "cache_end_percent": c["cache_end"]}
+        overrides[name] = [k for k, v in ran.items() if v != SLIDERS[k]]
+    fixture = tmp_path / "presets.json"
+    fixture.write_text(json.dumps({"table": table, "overrides": overrides}))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([node_js, "--test", os.path.join(root, "tests", "js", "presets.test.mjs")], cwd=root,
+                       env={**os.environ, "ELASTIC_PRESETS": str(fixture)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "# fail 0" in r.stdout and "# skipped 0" in r.stdout, r.stdout + r.stderr
