@@ -24,6 +24,8 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
+
 from devtools.comfy_boot import find_comfyui, version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -134,7 +136,14 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self.links: list[str] = []  # symlinks made inside the ComfyUI checkout (fallback only), removed on stop
 
+    def _example_input(self) -> None:
+        """The image the image-to-3D workflow's Load Image names (input/example.png), as a user has it."""
+        from elastic_core.png import write_png
+        os.makedirs(os.path.join(self.base, "input"), exist_ok=True)
+        write_png(os.path.join(self.base, "input", "example.png"), np.full((64, 64, 3), 200, dtype=np.uint8))
+
     def _flags(self) -> list[str]:
+        self._example_input()
         with open(os.path.join(self.comfy_dir, "comfy", "cli_args.py")) as f:
             cli = f.read()
         flags = []
