@@ -1,4 +1,4 @@
-"""`elastic-dit bench --comfy`: dense vs elastic sampling on ComfyUI's own Flux and Qwen-Image classes.
+"""The ComfyUI benchmark: dense vs elastic sampling on ComfyUI's own Flux and Qwen-Image classes.
 
 Real hidden width (D = 3072, 24 heads); depth and tokens reduced on a CPU, full size on a GPU. Both
 models sample the same steps through comfy.sample, alternately (dense, elastic, dense, ...), with a

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Callable
 import torch
 
 from .config import ElasticConfig, RouterConfig
+from .results import write_json
 from .reference import RefDoubleBlock, double_run_fn, plain_stack, randomize_
 from .policy import PlanPolicy
 from .router import RouterSet
@@ -226,10 +226,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", default=None, help="where to write the JSON result "
                    "(default bench-results/core.json, or comfy.json with --comfy)")
-    p.add_argument("--comfy", action="store_true", help="dense vs elastic sampling on ComfyUI's own Flux and "
-                   "Qwen-Image classes (runs devtools/bench_comfy.py; needs a ComfyUI and its Python)")
-    p.add_argument("--comfyui", default=None, help="with --comfy: the ComfyUI checkout (default: as the tests find it)")
-    p.add_argument("--python", default=sys.executable, help="with --comfy: the Python that runs that ComfyUI")
+    p.add_argument("--comfy", action="store_true", help="(the ComfyUI benchmark: says how to run "
+                   "devtools/bench_comfy.py with ComfyUI's Python)")
     p.add_argument("--toy", action="store_true", help="the paper's ablation in miniature on the built-in toy model "
                    "(dense, skip, +width, +cache, static and first-block-cache baselines at the same compute)")
     p.add_argument("--samples", type=int, default=16, help="with --toy: test samples (complexity 0..1)")
@@ -238,14 +236,10 @@ def add_parser(sub) -> None:
 
 
 def _comfy(args) -> int:
-    """The ComfyUI benchmark is glue, so it runs as its own program: the engine never imports ComfyUI."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "devtools", "bench_comfy.py")
-    if not os.path.isfile(script):
-        print(f"error: {script} not found; run from a checkout of the pack", file=sys.stderr)
-        return 2
-    cmd = [args.python, script, "--out", args.out or "bench-results/comfy.json"]
-    cmd += (["--comfyui", args.comfyui] if args.comfyui else []) + (["--size", args.size] if args.size else [])
-    return subprocess.call(cmd)
+    """The ComfyUI benchmark is glue: it runs in ComfyUI's Python, never launched by the engine."""
+    print("error: the ComfyUI benchmark runs with that ComfyUI's Python, from a checkout of the pack:\n"
+          "  python devtools/bench_comfy.py [--comfyui PATH] [--size cpu|gpu] [--out FILE]", file=sys.stderr)
+    return 2
 
 
 def _report(out: str, result: dict, text: str) -> int:
@@ -264,10 +258,3 @@ def _cmd(args) -> int:
         return _report(args.out or "bench-results/toy.json", result, format_ablation(result))
     result = run_core_bench(args.size, args.device)
     return _report(args.out or "bench-results/core.json", result, format_core(result))
-
-
-def write_json(path: str, obj) -> None:
-    """A result file, its folder made as needed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)

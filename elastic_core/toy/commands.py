@@ -1,13 +1,13 @@
 """CLI commands of the toy world: `demo` (the README's main job), `train` (routers), `toy-build`."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
 
-from ..bench import write_json
+from ..results import write_json
 from ..train import TrainConfig
 
 ROUTER_LR = 3e-3
@@ -32,18 +32,11 @@ def _progress(every: int):
 
 
 def _train_comfy(args) -> int:
-    """A ComfyUI model: its API-format workflow (with Train Elastic Router) runs in that ComfyUI's Python."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "nodes", "headless.py")
-    if not os.path.isfile(script):
-        print(f"error: {script} not found; run from the pack's folder (ComfyUI/custom_nodes/...)", file=sys.stderr)
-        return 2
-    if not (args.comfyui and args.workflow):
-        print("error: training a ComfyUI model needs both --comfyui PATH and --workflow API.json", file=sys.stderr)
-        return 2
-    cmd = [args.python, script, "--comfyui", args.comfyui, "--workflow", args.workflow]
-    cmd += [x for d in args.extra_nodes for x in ("--extra-nodes", d)] + (["--cpu"] if args.cpu else [])
-    return subprocess.call(cmd)
+    """The engine never imports or launches ComfyUI: ComfyUI models train with ComfyUI's own Python."""
+    print("error: routers for a ComfyUI model train inside ComfyUI (the Train Elastic Router node), or from a "
+          "terminal with that ComfyUI's Python:\n  python <this pack>/elastic_dit_comfy.py train --comfyui PATH "
+          "--workflow API.json [--extra-nodes DIR] [--cpu]", file=sys.stderr)
+    return 2
 
 
 def _train(args) -> int:
@@ -106,12 +99,8 @@ def add_parsers(sub) -> None:
                    "second mode); writes the tuned DiT beside the routers")
     p.add_argument("--dit", default=None, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in the backward pass")
-    p.add_argument("--comfyui", default=None, help="train a ComfyUI model instead: that ComfyUI's folder, with "
-                   "--workflow, an API-format workflow holding Train Elastic Router")
-    p.add_argument("--workflow", default=None, help="with --comfyui: the workflow (Workflow > Export (API))")
-    p.add_argument("--python", default=sys.executable, help="with --comfyui: the Python that runs that ComfyUI")
-    p.add_argument("--extra-nodes", action="append", default=[], help="with --comfyui: more custom-node folders")
-    p.add_argument("--cpu", action="store_true", help="with --comfyui: run ComfyUI on the CPU")
+    p.add_argument("--comfyui", default=None, help="(ComfyUI models: see elastic_dit_comfy.py; this says how)")
+    p.add_argument("--workflow", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
     p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 40 minutes on 2 cores)")

@@ -1,12 +1,12 @@
-"""Run a ComfyUI workflow (API format) without a server: how `elastic-dit train --comfyui ...` trains
-routers for a ComfyUI-loadable model from the command line.
+"""The ComfyUI side of the command line: run a workflow (API format) in a ComfyUI without its server,
+which is how routers for a ComfyUI-loadable model are trained from a terminal or a job queue.
 
-The workflow is the graph a user would queue (loaders, text encoders, Train Elastic Router, and
-anything else); ComfyUI's own loader, validator and executor run it, with this pack and ComfyUI's
-extra nodes loaded, so nothing of the Train node is re-implemented here. Run by the CLI as a script
-with the Python of that ComfyUI:
+    python elastic_dit_comfy.py train --comfyui PATH --workflow FILE [--extra-nodes DIR ...] [--cpu]
 
-    python nodes/headless.py --comfyui PATH --workflow FILE [--extra-nodes DIR ...] [--cpu]
+Run it with the Python of that ComfyUI (the engine's `elastic-dit` command never imports ComfyUI). The
+workflow is the graph a user would queue (loaders, text encoders, Train Elastic Router, and anything
+else); ComfyUI's own loader, validator and executor run it, with this pack and ComfyUI's extra nodes
+loaded, so nothing of the Train node is re-implemented here.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import os
 import sys
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACK_ROOT = os.path.dirname(HERE)
+PACK_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 class _Console:
@@ -60,7 +59,7 @@ def _executor(execution):
 
 
 def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != HERE]  # this folder's modules must not shadow ComfyUI's
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != PACK_ROOT]  # the pack's nodes/ must not shadow ComfyUI's nodes.py
     sys.path.insert(0, comfyui)
     os.chdir(comfyui)
     import utils.extra_config  # noqa: F401  ComfyUI's `utils` package, imported first as its main.py does
@@ -92,11 +91,13 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--comfyui", required=True)
-    p.add_argument("--workflow", required=True)
-    p.add_argument("--extra-nodes", action="append", default=[], help="more custom-node folders to load")
-    p.add_argument("--cpu", action="store_true")
+    p = argparse.ArgumentParser(prog="elastic_dit_comfy.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser("train", help="run an API-format workflow holding Train Elastic Router")
+    t.add_argument("--comfyui", required=True, help="the ComfyUI folder (run this script with its Python)")
+    t.add_argument("--workflow", required=True, help="the workflow, exported with Workflow > Export (API)")
+    t.add_argument("--extra-nodes", action="append", default=[], help="more custom-node folders to load")
+    t.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for d in a.extra_nodes:
