@@ -14,11 +14,11 @@ a last pass computes || dW - up @ down ||_F per weight.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -110,7 +110,7 @@ class Mapped:
 RowReader = Callable[[int, int], tuple[Tensor, Tensor]]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LowRank:
     up: Tensor  # [m, r]
     down: Tensor  # [r, n]
@@ -147,7 +147,10 @@ def low_rank(read: RowReader, m: int, n: int, rank: int, oversample: int = 8, po
         return acc
 
     g = torch.Generator().manual_seed(seed)
-    basis = torch.linalg.qr(times(torch.randn(n, q, generator=g))).Q  # [m, q]
+    sketch = times(torch.randn(n, q, generator=g))  # [m, q]
+    if not torch.isfinite(sketch).all():
+        raise FloatingPointError("the difference holds NaN or Inf")
+    basis = torch.linalg.qr(sketch).Q  # [m, q]
     for _ in range(power_iters):  # sharpen the spectrum: (dW dW^T)^p dW Omega, re-orthonormalised
         basis = torch.linalg.qr(times(torch.linalg.qr(t_times(basis)).Q)).Q
     u_b, s, vt = torch.linalg.svd(t_times(basis).T, full_matrices=False)  # of basis^T dW: [q, n]
@@ -166,10 +169,10 @@ def low_rank(read: RowReader, m: int, n: int, rank: int, oversample: int = 8, po
 
 # -- the two files --------------------------------------------------------------------------------
 
-@dataclass
+@dataclasses.dataclass
 class Report:
-    layers: list[dict] = field(default_factory=list)  # per low-rank weight: key, shape, rank, errors
-    diffs: list[str] = field(default_factory=list)  # keys stored whole (changed biases, norms, ...)
+    layers: list[dict] = dataclasses.field(default_factory=list)  # per low-rank weight: key, shape, rank, errors
+    diffs: list[str] = dataclasses.field(default_factory=list)  # keys stored whole (changed biases, norms, ...)
     unchanged: int = 0  # backbone tensors equal in both files
 
     def total(self) -> dict:
@@ -239,12 +242,12 @@ def extract_lora(released: str, base: str, out: str, rank: int, router_file: str
             if matrix and len(shape) == 2:
                 before = len(report.layers)
                 _write_low_rank(report, w, k, stem, lambda a, b: (fr.rows(rk, a, b), fb.rows(to_base[k], a, b)),
-                                shape, rank, dtype, oversample, power_iters)
+                                shape, rank, dtype, oversample, power_iters, (released, base))
                 if log and len(report.layers) > before:
                     x = report.layers[-1]
                     log(f"{k}: {shape[0]} x {shape[1]} rank {x['rank']}, relative error {x['rel_error']:.4f}")
                 continue
-            _write_diff(report, w, k, stem, fr.tensor(rk).sub_(fb.tensor(to_base[k])), dtype)
+            _write_diff(report, w, k, stem, fr.tensor(rk).sub_(fb.tensor(to_base[k])), dtype, (released, base))
         w.close({"format": FORMAT, "format_version": FORMAT_VERSION, "family": "qwen_image", "rank": str(rank),
                  "router_file": router_file, "source": os.path.basename(released), "base": os.path.basename(base),
                  "rel_error": f"{report.total()['rel_error']:.6g}"})
@@ -254,7 +257,13 @@ def extract_lora(released: str, base: str, out: str, rank: int, router_file: str
     return report
 
 
-def _write_diff(report: Report, w: StreamWriter, key: str, stem: str, d: Tensor, dtype) -> None:
+def _finite(ok: bool, key: str, released: str, base: str) -> None:
+    if not ok:
+        raise CheckpointError(f"{key}: NaN or Inf in {released} or {base}; expected finite weights (a damaged file)")
+
+
+def _write_diff(report: Report, w: StreamWriter, key: str, stem: str, d: Tensor, dtype, files) -> None:
+    _finite(bool(torch.isfinite(d).all()), key, *files)
     if not torch.any(d != 0):
         report.unchanged += 1
         return
@@ -263,9 +272,13 @@ def _write_diff(report: Report, w: StreamWriter, key: str, stem: str, d: Tensor,
 
 
 def _write_low_rank(report: Report, w: StreamWriter, key: str, stem: str, read: RowReader, shape, rank, dtype,
-                    oversample, power_iters) -> None:
+                    oversample, power_iters, files) -> None:
     m, n = shape
-    lr = low_rank(read, m, n, rank, oversample, power_iters)
+    try:
+        lr = low_rank(read, m, n, rank, oversample, power_iters)
+    except FloatingPointError:
+        lr = None
+    _finite(lr is not None and math.isfinite(lr.weight2 + lr.delta2 + lr.err2), key, *files)
     if lr.delta2 == 0.0:
         report.unchanged += 1
         return
@@ -280,7 +293,6 @@ def _write_low_rank(report: Report, w: StreamWriter, key: str, stem: str, read: 
 
 def stream_routers(released: str, out: str, provenance: dict | None = None):
     """The released routers to our router file, one tensor at a time (dtype kept). -> their RouterMeta"""
-    import dataclasses
     meta, keys = released_plan(released)
     if provenance:
         meta = dataclasses.replace(meta, provenance={**meta.provenance, **provenance})

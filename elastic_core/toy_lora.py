@@ -3,8 +3,9 @@
 same dense-teacher distillation, then sampled with the full method (skip + width + cache) at matched
 compute and compared with the ORIGINAL dense model's output from the same noise.
 
-    python -m elastic_core.toy_lora [--steps 600] [--ranks 4 16 64] [--seeds 0 1 2] [--dit FILE]
-                                    [--targets 0.35 0.5 0.65] [--out bench-results/toy_lora.json]
+    python -m elastic_core.toy_lora [--steps 300] [--ranks 4 16 64] [--seeds 0 1 2] [--dit FILE]
+                                    [--targets 0.4 0.5 0.6] [--samples 24] [--out bench-results/toy_lora.json]
+    python -m elastic_core.toy_lora --merge seed0.json seed1.json ... --out all.json
 
 Matched compute: tau is bisected per trained model until the mean executed compute over the test
 set meets each target (the cache band delta, K and window are the shipped routers' defaults).
@@ -73,7 +74,7 @@ def train(teacher, method: str, rank: int, seed: int, steps: int, batch_size: in
     return student.requires_grad_(False).eval(), routers.requires_grad_(False), extra, trainer.history[-1]
 
 
-def at_compute(student, routers, toks, noise, dense, steps: int, target: float, iters: int = 9) -> dict:
+def at_compute(student, routers, toks, noise, dense, steps: int, target: float, iters: int = 8) -> dict:
     """Bisect tau until the mean executed compute meets `target`; PSNR against the dense images there."""
     lo, hi, best = 0.0, 1.0, None
     for _ in range(iters):
@@ -86,7 +87,7 @@ def at_compute(student, routers, toks, noise, dense, steps: int, target: float, 
     return best
 
 
-def run(steps=600, ranks=(4, 16, 64), seeds=(0, 1, 2), targets=(0.35, 0.5, 0.65), samples=32, sample_steps=20,
+def run(steps=300, ranks=(4, 16, 64), seeds=(0, 1, 2), targets=(0.4, 0.5, 0.6), samples=24, sample_steps=20,
         batch_size=16, lora_lr=1e-3, e2e_lr=3e-4, dit=None, log=print) -> dict:
     teacher = (load_dit(dit) if dit else load_dit()).requires_grad_(False)
     toks, noise, _ = test_set(teacher, samples, seed=1)
@@ -123,6 +124,15 @@ def summarize(rows: list[dict], targets) -> list[dict]:
     return out
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of the same settings on different seeds (e.g. one process per seed)."""
+    r = dict(parts[0])
+    r["rows"] = [row for p in parts for row in p["rows"]]
+    r["seeds"] = sorted({row["seed"] for row in r["rows"]})
+    r["summary"] = summarize(r["rows"], r["targets"])
+    return r
+
+
 def format_summary(r: dict) -> str:
     lines = [f"toy world, {r['samples']} test scenes, {r['sample_steps']} steps; PSNR vs the original dense output "
              f"(mean +- std over seeds {r['seeds']})",
@@ -138,18 +148,26 @@ def format_summary(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m elastic_core.toy_lora", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--ranks", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--targets", type=float, nargs="+", default=[0.35, 0.5, 0.65])
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    p.add_argument("--samples", type=int, default=24)
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--e2e-lr", type=float, default=3e-4)
     p.add_argument("--dit", default=None, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--out", default=os.path.join("bench-results", "toy_lora.json"))
+    p.add_argument("--merge", nargs="+", default=None, help="merge these result files (one per seed) into --out")
     a = p.parse_args(argv)
-    r = run(a.steps, tuple(a.ranks), tuple(a.seeds), tuple(a.targets), a.samples, lora_lr=a.lora_lr,
-            e2e_lr=a.e2e_lr, dit=a.dit, log=lambda s: print(s, flush=True))
+    if a.merge:
+        parts = []
+        for path in a.merge:
+            with open(path) as f:
+                parts.append(json.load(f))
+        r = merge(parts)
+    else:
+            r = run(a.steps, tuple(a.ranks), tuple(a.seeds), tuple(a.targets), a.samples, lora_lr=a.lora_lr,
+                e2e_lr=a.e2e_lr, dit=a.dit, log=lambda s: print(s, flush=True))
     print(format_summary(r))
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

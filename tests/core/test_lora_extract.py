@@ -165,3 +165,13 @@ def test_memory_of_a_64_block_conversion_stays_under_twice_the_largest_tensor(tm
     assert r["blocks"] == 64 and r["report"]["layers"] == 64 * 14
     assert r["torch_x_largest"] <= 2.0, r
     assert r["rss_anon"] <= 2 * r["largest_tensor"] + 4096 * r["tensors"], r
+
+
+def test_a_damaged_release_is_refused(tmp_path):
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    t = load_file(rel)
+    t["transformer_blocks.0.attn.to_k.weight"][3, 4] = float("nan")
+    save_file(t, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(Exception, match="NaN or Inf"):
+        extract_lora(str(tmp_path / "nan.safetensors"), base, str(tmp_path / "l.safetensors"), 4)
+    assert not os.path.exists(tmp_path / "l.safetensors") and not os.path.exists(tmp_path / "l.safetensors.data.partial")
