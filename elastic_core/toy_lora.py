@@ -124,7 +124,7 @@ def summarize(rows: list[dict], targets) -> list[dict]:
     return out
 
 
-def merge(parts: list[dict]) -> dict:
+def merge_results(parts: list[dict]) -> dict:
     """One result from runs of the same settings on different seeds (e.g. one process per seed)."""
     r = dict(parts[0])
     r["rows"] = [row for p in parts for row in p["rows"]]
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         for path in a.merge:
             with open(path) as f:
                 parts.append(json.load(f))
-        r = merge(parts)
+        r = merge_results(parts)
     else:
             r = run(a.steps, tuple(a.ranks), tuple(a.seeds), tuple(a.targets), a.samples, lora_lr=a.lora_lr,
                 e2e_lr=a.e2e_lr, dit=a.dit, log=lambda s: print(s, flush=True))

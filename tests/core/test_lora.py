@@ -1,5 +1,6 @@
 """LoRA layers, their file in ComfyUI's format, and joint training with the routers (elastic_core.lora)."""
 import json
+import math
 
 import pytest
 import torch
@@ -155,3 +156,19 @@ def test_router_only_state_has_no_lora(tmp_path):
     t.save(str(tmp_path / "r.state"))
     with safe_open(str(tmp_path / "r.state"), "pt") as f:
         assert state_lora(f.metadata()) is None
+
+
+def test_toy_study_runs_every_method_and_leaves_the_teacher_alone():
+    """The toy-world study (elastic_core.toy_lora) in miniature: each method trains a copy of the toy
+    DiT against the untouched original and is measured at the compute target."""
+    from elastic_core import toy_lora
+    from elastic_core.toy.pipeline import load_dit
+    before = {k: v.clone() for k, v in load_dit().state_dict().items()}
+    r = toy_lora.run(steps=2, ranks=(2,), seeds=(0,), targets=(0.5,), samples=2, sample_steps=3, log=lambda s: None)
+    assert [row["method"] for row in r["rows"]] == ["routers only", "routers + LoRA r2", "end to end"]
+    params = [row["trained_params"] for row in r["rows"]]
+    assert params[0] == 0 < params[1] < params[2]
+    assert all(math.isfinite(row["points"][0]["psnr_db"]) for row in r["rows"])
+    for k, v in load_dit().state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert "routers + LoRA r2" in toy_lora.format_summary(r)
