@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from elastic_core import font, heatmap  # noqa: E402
-from elastic_core.toy.demo import demo_record  # noqa: E402
+from elastic_core.toy.pipeline import generate, load_dit, load_toy_routers  # noqa: E402
+from elastic_core.toy.world import WorldSpec, batch  # noqa: E402
 
 SIZE = (400, 300)  # width, height
 
@@ -33,6 +34,16 @@ def title_of(path: str) -> str:
             line = str(node["widgets_values"][0]).strip().splitlines()[0]
             return line.lstrip("# ").strip()
     return os.path.splitext(os.path.basename(path))[0].replace("-", " ")
+
+
+def demo_record(seed: int = 0, steps: int = 20):
+    """The record of one elastic run of the toy model with its shipped routers at their defaults."""
+    import torch
+    model, ckpt = load_dit(), load_toy_routers()
+    _, toks, _ = batch(1, np.random.default_rng(seed), WorldSpec(size=model.cfg.image), complexity=np.array([0.5]))
+    noise = torch.randn(1, 3, model.cfg.image, model.cfg.image, generator=torch.Generator().manual_seed(seed))
+    _, rec, _ = generate(model, torch.from_numpy(toks), noise, steps, ckpt.routers, ckpt.meta.elastic_config())
+    return rec
 
 
 def thumbnail(title: str, pic: np.ndarray) -> np.ndarray:
