@@ -60,6 +60,17 @@ def test_server_loaded_the_pack(server):
     assert status == 200 and b"registerExtension" in js, f"the pack's web extension is not served ({status})"
 
 
+def test_template_browser_lists_the_workflows_with_thumbnails(server):
+    status, body = support.http(server.url + "/workflow_templates")
+    assert status == 200
+    names = sorted(json.loads(body).get(support.PACK_LINK, []))
+    shipped = sorted(os.path.splitext(os.path.basename(p))[0] for p in WORKFLOWS)
+    assert names == shipped, f"the template browser lists {names}, the pack ships {shipped}"
+    for name in names:
+        status, jpg = support.http(server.url + f"/api/workflow_templates/{support.PACK_LINK}/{name}.jpg")
+        assert status == 200 and jpg[:3] == b"\xff\xd8\xff", f"no thumbnail served for {name} ({status})"
+
+
 def test_page_loads_the_extension_cleanly(browser):
     assert browser.page.evaluate("() => window.__edt.ready()"), "the Elastic DiT extension is not registered in the page"
     errs = support.pack_errors(browser)
