@@ -16,3 +16,27 @@ def event_rows(rec):
         e["stream"] = rec.streams[e["stream"]]
         out.append(e)
     return out
+
+
+def assert_batch_is_each_alone(last_record, patched, run, straddled, streams, skip=0, run_action=2):
+    """A batch of two samples whose routers disagree at step 0 on block `straddled` (sample 0 skips,
+    sample 1 runs) samples each row as that sample alone does, deciding the same way. `run(model,
+    rows)` samples rows of the batch ([2, ...] for all); returns the batch's output."""
+    import torch
+    batch = run(patched)
+    rec = last_record(patched)
+    assert set(rec.streams) == set(streams) and sorted(set(rec.events["sample"])) == [0, 1], rec.streams
+    first = {(e["stream"], e["sample"]): e["action"] for e in event_rows(rec)
+             if e["step"] == 0 and e["block"] == straddled}
+    for stream in streams:
+        assert first[(stream, 0)] == skip and first[(stream, 1)] == run_action, first
+    assert rec.counts()["reuse"] > 0
+    batch_rows = event_rows(rec)
+    key = ("step", "block", "stream", "action", "width")
+    for r in range(2):
+        alone = run(patched, slice(r, r + 1))
+        assert torch.allclose(batch[r:r + 1], alone, atol=1e-5), (r, (batch[r:r + 1] - alone).abs().max())
+        mine = [tuple(e[k] for k in key) for e in batch_rows if e["sample"] == r]
+        solo = [tuple(e[k] for k in key) for e in event_rows(last_record(patched))]
+        assert mine == solo, f"sample {r} decided differently in the batch than alone"
+    return batch

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
-from tests.comfy.records import block_refs as _refs, event_rows as _rows
+from tests.comfy.records import assert_batch_is_each_alone, block_refs as _refs, event_rows as _rows
 from tests.router_probe import split_gate
 
 KINDS = ["hunyuan3d", "hunyuan3d21"]
@@ -188,19 +188,7 @@ def _batch_case(env, kind):
 
 def _check_batch(case):
     nodes, el, model, patched, run, straddled = case
-    batch = run(patched)
-    rec = el.last_record(patched)
-    first = {(e["stream"], e["sample"]): e["action"] for e in _rows(rec) if e["step"] == 0 and e["block"] == straddled}
-    for stream in ("cond", "uncond"):
-        assert first[(stream, 0)] == SKIP and first[(stream, 1)] == RUN, first
-    assert rec.counts()["reuse"] > 0
-    batch_rows = _rows(rec)
-    for r in range(2):
-        alone = run(patched, slice(r, r + 1))
-        assert torch.allclose(batch[r:r + 1], alone, atol=1e-5), (r, (batch[r:r + 1] - alone).abs().max())
-        mine = [(e["step"], e["block"], e["stream"], e["action"], e["width"]) for e in batch_rows if e["sample"] == r]
-        solo = [(e["step"], e["block"], e["stream"], e["action"], e["width"]) for e in _rows(el.last_record(patched))]
-        assert mine == solo, f"sample {r} decided differently in the batch than alone"
+    batch = assert_batch_is_each_alone(el.last_record, patched, run, straddled, ("cond", "uncond"), SKIP, RUN)
     assert not torch.allclose(batch, run(model), atol=1e-4), "the routers should change the result"
 
 

@@ -11,7 +11,7 @@ import torch
 
 # Binds `tests` to this repo's package before ComfyUI (which has a `tests` package too) is on sys.path.
 import tests.comfy  # noqa: F401,E402
-from tests.comfy.records import block_refs as _refs, event_rows as _rows
+from tests.comfy.records import assert_batch_is_each_alone, block_refs as _refs, event_rows as _rows
 from tests.router_probe import split_gate  # noqa: E402
 
 REUSE_BAND = 0.505  # in [tau, tau + delta] with the node's defaults tau 0.5, delta 0.015
@@ -163,22 +163,8 @@ def test_batch_rows_equal_each_sample_alone(env, kind, cfg):
     el.force(ckpt.routers[band], p=REUSE_BAND)
     patched = el.apply(nodes, model, ckpt, cache_start_percent=0.0)
 
-    batch = run(patched)
-    rec = el.last_record(patched)
-    assert set(rec.streams) == ({"cond", "uncond"} if cfg > 1 else {"cond"})
-    assert sorted(set(rec.events["sample"])) == [0, 1]
-    first = {(e["stream"], e["sample"]): e["action"] for e in _rows(rec)
-             if e["step"] == 0 and e["block"] == straddled}
-    for stream in rec.streams:
-        assert first[(stream, 0)] == SKIP and first[(stream, 1)] == RUN, first
-    assert rec.counts()["reuse"] > 0
-    batch_rows = _rows(rec)
-    for r in range(2):
-        alone = run(patched, slice(r, r + 1))
-        assert torch.allclose(batch[r:r + 1], alone, atol=1e-5), (r, (batch[r:r + 1] - alone).abs().max())
-        mine = [(e["step"], e["block"], e["stream"], e["action"], e["width"]) for e in batch_rows if e["sample"] == r]
-        solo = [(e["step"], e["block"], e["stream"], e["action"], e["width"]) for e in _rows(el.last_record(patched))]
-        assert mine == solo, f"sample {r} decided differently in the batch than alone"
+    streams = ("cond", "uncond") if cfg > 1 else ("cond",)
+    batch = assert_batch_is_each_alone(el.last_record, patched, run, straddled, streams, SKIP, RUN)
     assert not torch.allclose(batch, run(model), atol=1e-4), "the routers should change the result"
 
 

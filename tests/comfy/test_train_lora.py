@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
+from tests.comfy.cancel import cancel_at
 
 LR = dict(learning_rate=0.05, lora_learning_rate=0.01)
 
@@ -158,21 +159,12 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(env):
     """Routers, LoRA and both Adam groups survive Cancel: resumed, the run ends where one that was never
     interrupted ends."""
     nodes, pack, tiny, el, loras_dir = env
-    import comfy.model_management
-    import comfy.utils
     model = _model(tiny)
     pos, _, lat = _inputs(tiny, model)
     whole, _ = _train(nodes, model, pos, lat, filename="whole", steps=10, save_every=100)
 
-    def hook(value, total, preview, node_id=None):
-        if value == 4:
-            comfy.model_management.interrupt_current_processing(True)
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            _train(nodes, model, pos, lat, filename="cut", steps=10, save_every=100)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    with cancel_at(4):
+        _train(nodes, model, pos, lat, filename="cut", steps=10, save_every=100)
     cut = os.path.join(os.path.dirname(whole.path), "cut.safetensors")
     with safe_open(cut + ".train_state", "pt") as f:
         assert int(f.metadata()["step"]) == 4

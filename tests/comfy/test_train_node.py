@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
+from tests.comfy.cancel import cancel_at
 
 
 @pytest.fixture(scope="module")
@@ -74,27 +75,12 @@ def test_trained_file_loads_in_apply_and_cuts_compute(env):
         assert "Elastic" not in type(mod).__name__, f"{name} is still a twin"
 
 
-def test_gate_moves_toward_rho_g_and_resume_goes_on(env, monkeypatch):
+def test_gate_moves_toward_rho_g_and_resume_goes_on(env):
     nodes, pack, tiny, el, routers_dir = env
-    import comfy.utils
-    if hasattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL"):  # 0.33 throttles progress to 10 per second:
-        monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0)  # see every step here
     model = _model(tiny)
     pos, _, lat = _inputs(tiny, model)
-    import comfy.model_management
-    import comfy.utils
-    seen = []
-
-    def hook(value, total, preview, node_id=None):
-        seen.append(value)
-        if value == 10:
-            comfy.model_management.interrupt_current_processing(True)
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            _train(nodes, model, pos, lat, filename="cancel me", save_every=3, steps=30)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    with cancel_at(10):
+        _train(nodes, model, pos, lat, filename="cancel me", save_every=3, steps=30)
     path = os.path.join(routers_dir, "cancel me.safetensors")
     assert os.path.isfile(path) and os.path.isfile(path + ".train_state")
     from safetensors import safe_open
