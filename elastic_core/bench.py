@@ -229,10 +229,12 @@ def add_parser(sub) -> None:
                    "Qwen-Image classes (runs devtools/bench_comfy.py; needs a ComfyUI and its Python)")
     p.add_argument("--comfyui", default=None, help="with --comfy: the ComfyUI checkout (default: as the tests find it)")
     p.add_argument("--python", default=sys.executable, help="with --comfy: the Python that runs that ComfyUI")
-    p.add_argument("--toy", action="store_true", help="the paper's ablation in miniature on the built-in toy model "
-                   "(dense, skip, +width, +cache, static and first-block-cache baselines at the same compute)")
-    p.add_argument("--samples", type=int, default=16, help="with --toy: test samples (complexity 0..1)")
-    p.add_argument("--steps", type=int, default=20, help="with --toy: sampling steps")
+    p.add_argument("--toy", action="store_true", help="quality against compute on the built-in toy model: E-DiT "
+                   "(three training modes) against fewer steps, FBCache, TeaCache, a trained static model and "
+                   "random / fixed plans; writes JSON and a PNG plot")
+    p.add_argument("--quick", action="store_true", help="with --toy: a tiny size that runs in seconds (tests)")
+    p.add_argument("--artifacts", default="bench-results/toy-artifacts",
+                   help="with --toy: where the variants it trains are cached")
     p.set_defaults(func=_cmd)
 
 
@@ -258,9 +260,13 @@ def _cmd(args) -> int:
     if args.comfy:
         return _comfy(args)
     if args.toy:
-        from .toy.ablation import format_ablation, run_ablation
-        result = run_ablation(args.samples, args.steps)
-        return _report(args.out or "bench-results/toy.json", result, format_ablation(result))
+        from .toy.report import format_report, plot, run_benchmark
+        out = args.out or "bench-results/toy.json"
+        result = run_benchmark("quick" if args.quick else "full", args.artifacts)
+        png = plot(result, os.path.splitext(out)[0] + ".png")
+        print("no plot: matplotlib is not installed (pip install 'comfyui-elastic-dit[bench]')" if png is None
+              else f"wrote {png}")
+        return _report(out, result, format_report(result))
     result = run_core_bench(args.size, args.device)
     return _report(args.out or "bench-results/core.json", result, format_core(result))
 

@@ -35,6 +35,7 @@ class TrainConfig:
     end_to_end: bool = False  # train the backbone too (the paper); default: routers only
     grad_checkpoint: bool = False
     backbone_lr: float | None = None  # end to end: the backbone's learning rate (None: lr)
+    backbone_warmup: int = 0  # end to end: the backbone's learning rate ramps up linearly over these steps
     # Gate estimator. 0 / 1 / 1: the plain straight-through gate (eq. 7). gate_noise > 0 adds logistic
     # noise to the gate logit in training (a Gumbel-sigmoid / hard-concrete style stochastic gate):
     # a gate near tau then opens and closes at random, which costs loss, so training pushes it to
@@ -135,6 +136,7 @@ class RouterTrainer:
             groups.append({"params": [p for p in backbone.parameters() if p.requires_grad],
                            "lr": cfg.lr if cfg.backbone_lr is None else cfg.backbone_lr})
         self.opt = torch.optim.Adam(groups, lr=cfg.lr)
+        self.backbone_lr = groups[-1]["lr"] if len(groups) > 1 else None
         self.history: list[dict] = []
 
     def gate_kw(self) -> dict:
@@ -150,6 +152,9 @@ class RouterTrainer:
         loss = perf + self.cfg.lam * (l_gate + l_width)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.backbone_lr is not None:  # Adam's first steps move every weight by ~lr: ramp the backbone in
+            ramp = min(1.0, (self.step + 1) / self.cfg.backbone_warmup) if self.cfg.backbone_warmup else 1.0
+            self.opt.param_groups[1]["lr"] = self.backbone_lr * ramp
         self.opt.step()
         self.step += 1
         run = torch.stack(aux.g_hard)
