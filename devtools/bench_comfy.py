@@ -1,4 +1,4 @@
-"""`elastic-dit bench --comfy`: dense vs elastic sampling on ComfyUI's own Flux and Qwen-Image classes.
+"""The ComfyUI benchmark: dense vs elastic sampling on ComfyUI's own Flux and Qwen-Image classes.
 
 Real hidden width (D = 3072, 24 heads); depth and tokens reduced on a CPU, full size on a GPU. Both
 models sample the same steps through comfy.sample, alternately (dense, elastic, dense, ...), with a
@@ -91,11 +91,11 @@ def bench_family(kind, size, device, dtype, pack, nodes):
     ckpt.routers.to(dtype)
     n_blocks = len(ckpt.routers)
     plan = importlib.import_module(pack.__name__ + ".elastic_core.bench").plan_for(size["steps"], n_blocks)
-    cfg = pack.elastic_core.config.ElasticConfig()
-    window = pack.nodes.patch.CacheWindow(0.0, 1.0)
-    patched = pack.nodes.patch.apply_elastic(model, ckpt, cfg, window, plan=plan)
+    cfg = pack.elastic_core.config.ElasticConfig(cache_start=0.0)
+    plan_policy = pack.elastic_core.policy.PlanPolicy
+    patched = pack.nodes.patch.apply_elastic(model, ckpt, plan_policy(cfg, plan))
     # Everything but the blocks (embeddings, final layer, sampler): the time of a run that skips all blocks.
-    skip_all = pack.nodes.patch.apply_elastic(model, ckpt, cfg, window, plan=lambda s, b: (0, 1.0))
+    skip_all = pack.nodes.patch.apply_elastic(model, ckpt, plan_policy(cfg, lambda s, b: (0, 1.0)))
     args = dict(cfg=1.0, steps=size["steps"], size=size["latent"], tokens=size["txt"], device=device, dtype=dtype)
     runs = {"dense": [], "elastic": [], "outside": []}
     for _ in range(size["repeats"] + 1):  # the first round warms up

@@ -126,3 +126,69 @@ def make_routers(pack, model, seed: int = 0):
     routers.init_full_capacity(generator=torch.Generator().manual_seed(seed))
     meta = ec.checkpoint.RouterMeta.for_routers(routers, adapter.family)
     return ec.checkpoint.RouterCheckpoint(routers, meta, "test-routers")
+
+
+# -- Hunyuan3D (image-to-3D): ComfyUI's own supported-model classes, a 3D latent [B, 64, L] ---------
+
+def hunyuan3d_config(depth=2, single=2) -> dict:
+    """Hunyuan3D 2.0 (`Hunyuan3Dv2`: Flux double / single blocks, no RoPE)."""
+    return dict(image_model="hunyuan3d2", in_channels=64, context_in_dim=32, hidden_size=64, mlp_ratio=4.0,
+                num_heads=2, depth=depth, depth_single_blocks=single, qkv_bias=True, guidance_embed=False)
+
+
+def hunyuan3d21_config(depth=5, moe=2, experts=4, top_k=2) -> dict:
+    """Hunyuan3D 2.1 (`HunYuanDiTPlain`): blocks after depth // 2 take a long skip, the last `moe` an
+    MoE feed-forward of `experts` routed experts (top_k per token) plus a shared one."""
+    return dict(image_model="hunyuan3d2_1", in_channels=64, hidden_size=64, context_dim=32, depth=depth,
+                num_heads=2, qkv_bias=False, num_moe_layers=moe, num_experts=experts, moe_top_k=top_k,
+                guidance_cond_proj_dim=None)
+
+
+HUNYUAN3D_KINDS = {"hunyuan3d": hunyuan3d_config, "hunyuan3d21": hunyuan3d21_config}
+
+
+def build_3d(kind: str, seed: int = 0, std: float = 0.05, dtype=torch.float32, device=CPU,
+             **dims) -> comfy.model_patcher.ModelPatcher:
+    """A random-weight Hunyuan3D model of `kind` ("hunyuan3d" 2.0, "hunyuan3d21" 2.1)."""
+    import comfy.supported_models
+    unet = HUNYUAN3D_KINDS[kind](**dims)
+    cls = comfy.supported_models.Hunyuan3Dv2 if kind == "hunyuan3d" else comfy.supported_models.Hunyuan3Dv2_1
+    cfg = cls(unet)
+    cfg.supported_inference_dtypes = [dtype]
+    cfg.set_inference_dtype(dtype, None)
+    model = cfg.get_model({}, device=device)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # comfy ops skip init: fill every weight
+        for p in model.diffusion_model.parameters():
+            p.copy_(torch.empty(p.shape, device=device).normal_(0.0, std))
+    model.diffusion_model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def conds_3d(batch: int = 1, seed: int = 0, tokens: int = 8, ctx: int = 32, device=CPU, dtype=torch.float32):
+    """(positive, negative) image-condition CONDITIONINGs [B, tokens, ctx], as Hunyuan3Dv2Conditioning
+    makes them (random here; the real negative is zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
+    return [[rand(batch, tokens, ctx), {}]], [[rand(batch, tokens, ctx), {}]]
+
+
+def latent_3d(batch: int = 1, resolution: int = 32) -> torch.Tensor:
+    """What EmptyLatentHunyuan3Dv2 makes: zeros [B, 64, resolution]."""
+    return torch.zeros(batch, 64, resolution)
+
+
+def context_dim_3d(model) -> int:
+    dm = model.get_model_object("diffusion_model")
+    return dm.cond_in.in_features if hasattr(dm, "cond_in") else dm.context_dim
+
+
+def sample_3d(model, cfg: float = 3.5, steps: int = 4, batch: int = 1, resolution: int = 32, seed: int = 0,
+              sampler: str = "euler", cond_seed: int = 0, tokens: int = 8, **kw) -> torch.Tensor:
+    """Sample a Hunyuan3D model through comfy.sample. Hunyuan3D 2.1 on ComfyUI < 0.33 needs cfg > 1
+    (its forward splits every batch into cond / uncond halves)."""
+    lat = latent_3d(batch, resolution)
+    pos, neg = conds_3d(batch, cond_seed, tokens, context_dim_3d(model))
+    noise = comfy.sample.prepare_noise(lat, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", pos, neg, lat, seed=seed,
+                               disable_pbar=True, **kw)

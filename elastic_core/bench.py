@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ from typing import Callable
 import torch
 
 from .config import ElasticConfig, RouterConfig
+from .results import write_json
 from .reference import RefDoubleBlock, double_run_fn, plain_stack, randomize_
+from .policy import PlanPolicy
 from .router import RouterSet
 from .runner import ElasticRun, run_stack
 from .stats import REUSE, RUN, SKIP
@@ -156,9 +157,9 @@ def bench_stack(size: BenchSize, blocks, routers, img, txt, vec, device) -> dict
             plain_stack(blocks, img, txt, vec)
 
     def elastic():
-        run = ElasticRun(routers, specs, cfg, size.steps, plan=plan_for(size.steps, size.blocks))
+        run = ElasticRun(routers, specs, PlanPolicy(cfg, plan_for(size.steps, size.blocks)), size.steps)
         for s in range(size.steps):
-            run.begin_step(s)
+            run.begin_step(s, None, True)
             run_stack(run, fns, {"img": img, "txt": txt}, vec)
         records.append(run.finish())
 
@@ -225,28 +226,24 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--out", default=None, help="where to write the JSON result "
                    "(default bench-results/core.json, or comfy.json with --comfy)")
-    p.add_argument("--comfy", action="store_true", help="dense vs elastic sampling on ComfyUI's own Flux and "
-                   "Qwen-Image classes (runs devtools/bench_comfy.py; needs a ComfyUI and its Python)")
-    p.add_argument("--comfyui", default=None, help="with --comfy: the ComfyUI checkout (default: as the tests find it)")
-    p.add_argument("--python", default=sys.executable, help="with --comfy: the Python that runs that ComfyUI")
+    p.add_argument("--comfy", action="store_true", help="(the ComfyUI benchmark: says how to run "
+                   "devtools/bench_comfy.py with ComfyUI's Python)")
     p.add_argument("--toy", action="store_true", help="quality against compute on the built-in toy model: E-DiT "
                    "(three training modes) against fewer steps, FBCache, TeaCache, a trained static model and "
                    "random / fixed plans; writes JSON and a PNG plot")
-    p.add_argument("--quick", action="store_true", help="with --toy: a tiny size that runs in seconds (tests)")
+    p.add_argument("--toy-size", choices=("quick", "medium", "full"), default="full",
+                   help="with --toy: full (3 x 16 scenes, hours on a 2-core CPU), medium (3 x 8 scenes, about "
+                   "an hour) or quick (a tiny size that runs in seconds, for tests)")
     p.add_argument("--artifacts", default="bench-results/toy-artifacts",
                    help="with --toy: where the variants it trains are cached")
     p.set_defaults(func=_cmd)
 
 
 def _comfy(args) -> int:
-    """The ComfyUI benchmark is glue, so it runs as its own program: the engine never imports ComfyUI."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "devtools", "bench_comfy.py")
-    if not os.path.isfile(script):
-        print(f"error: {script} not found; run from a checkout of the pack", file=sys.stderr)
-        return 2
-    cmd = [args.python, script, "--out", args.out or "bench-results/comfy.json"]
-    cmd += (["--comfyui", args.comfyui] if args.comfyui else []) + (["--size", args.size] if args.size else [])
-    return subprocess.call(cmd)
+    """The ComfyUI benchmark is glue: it runs in ComfyUI's Python, never launched by the engine."""
+    print("error: the ComfyUI benchmark runs with that ComfyUI's Python, from a checkout of the pack:\n"
+          "  python devtools/bench_comfy.py [--comfyui PATH] [--size cpu|gpu] [--out FILE]", file=sys.stderr)
+    return 2
 
 
 def _report(out: str, result: dict, text: str) -> int:
@@ -262,17 +259,9 @@ def _cmd(args) -> int:
     if args.toy:
         from .toy.report import format_report, plot, run_benchmark
         out = args.out or "bench-results/toy.json"
-        result = run_benchmark("quick" if args.quick else "full", args.artifacts)
-        png = plot(result, os.path.splitext(out)[0] + ".png")
-        print("no plot: matplotlib is not installed (pip install 'comfyui-elastic-dit[bench]')" if png is None
-              else f"wrote {png}")
-        return _report(out, result, format_report(result))
+        result = run_benchmark(args.toy_size, args.artifacts)
+        rc = _report(out, result, format_report(result))
+        print(f"wrote {plot(result, os.path.splitext(out)[0] + '.png')}")
+        return rc
     result = run_core_bench(args.size, args.device)
     return _report(args.out or "bench-results/core.json", result, format_core(result))
-
-
-def write_json(path: str, obj) -> None:
-    """A result file, its folder made as needed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)

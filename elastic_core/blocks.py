@@ -48,7 +48,3 @@ class BlockSpec:
             total += n * 2.0 * self.dim * hidden * mats
         return total
 
-
-def stack_specs(prefix: str, count: int, **kw) -> list[BlockSpec]:
-    """Specs for `count` like blocks named prefix.0 ... prefix.{count-1}."""
-    return [BlockSpec(name=f"{prefix}.{i}", **kw) for i in range(count)]

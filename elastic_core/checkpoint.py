@@ -69,8 +69,11 @@ class RouterMeta:
         set_(self, "defaults", dict(self.defaults))
         set_(self, "provenance", {str(k): str(v) for k, v in self.provenance.items()})
         for name in ("rho_g", "rho_w"):
-            if getattr(self, name) is not None:
-                set_(self, name, float(getattr(self, name)))
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                    raise ValueError(f"target {name} must be a number in [0, 1], got {v!r}")
+                set_(self, name, float(v))
         unknown = set(self.defaults) - {f.name for f in fields(ElasticConfig)}
         if unknown:
             raise ValueError(f"defaults has keys {sorted(unknown)} that are not ElasticConfig fields")
@@ -141,9 +144,12 @@ def read_header(path: str) -> _Header:
         if len(raw) < 8:
             raise _err(path, f"not a safetensors file: {size} bytes, too short for the 8-byte header length")
         (n,) = struct.unpack("<Q", raw)
-        if n > size - 8 or n > _MAX_HEADER:
+        if n > size - 8:
             raise _err(path, f"not a safetensors file or corrupt header: header length {n} bytes is larger than "
                              f"the file ({size} bytes); expected a safetensors header")
+        if n > _MAX_HEADER:
+            raise _err(path, f"safetensors header of {n} bytes exceeds the {_MAX_HEADER // 2**20} MiB limit safetensors "
+                             "itself enforces; expected a router file (its header is a few kB)")
         text = f.read(n)
     try:
         header = json.loads(text)
@@ -304,20 +310,27 @@ def _parse_blocks(path: str, blocks: list) -> tuple[tuple[str, ...], int, int]:
     return names, first["dim"], first["cond_dim"]
 
 
+def _number(path: str, key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _err(path, f"metadata {key!r} is {text!r}; expected a number") from None
+
+
 def _parse_meta(path: str, md: dict) -> RouterMeta:
     version = md.get("format_version")
     if version not in SUPPORTED_VERSIONS:
         raise _err(path, f"unsupported format_version {version!r}; this elastic-dit reads {FORMAT} "
                          f"format_version {', '.join(SUPPORTED_VERSIONS)}")
     family, activation = _meta_field(path, md, "family"), _meta_field(path, md, "activation")
-    hidden, ln_eps = _meta_field(path, md, "router_hidden"), md.get("ln_eps", "1e-06")
+    hidden, ln_eps = _meta_field(path, md, "router_hidden"), _number(path, "ln_eps", md.get("ln_eps", "1e-06"))
     names, dim, cond = _parse_blocks(path, _meta_field(path, md, "blocks", list))
     widths = _meta_field(path, md, "widths", list)
     defaults, targets = _meta_field(path, md, "defaults", dict), _meta_field(path, md, "targets", dict)
     provenance = _meta_field(path, md, "provenance", dict)
     try:
         config = RouterConfig(dim=dim, cond_dim=None if cond == dim else cond, hidden=int(hidden),
-                              widths=tuple(widths), activation=activation, ln_eps=float(ln_eps))
+                              widths=tuple(widths), activation=activation, ln_eps=ln_eps)
         return RouterMeta(family, names, config, defaults, targets.get("rho_g"), targets.get("rho_w"), provenance)
     except (TypeError, ValueError) as e:
         raise _err(path, f"invalid metadata: {e}") from None
@@ -423,7 +436,7 @@ def describe(ckpt: RouterCheckpoint) -> dict:
     """JSON-ready summary; per block the router's leaning at zero input (biases only)."""
     m, routers, c = ckpt.meta, ckpt.routers, ckpt.meta.router
     bias = routers.gate_bias().float().cpu()  # [N]
-    # argmax of the width bias, computed on CPU (RouterSet.width_preference indexes a CPU tensor)
+    # argmax of the width bias, computed on CPU
     width_idx = torch.stack([r.width_head.bias.detach().float().cpu() for r in routers.routers]).argmax(-1)  # [N]
     per_block = [{"index": i, "name": name, "gate_bias": float(b), "p_open": float(torch.sigmoid(b)),
                   "preferred_width": c.widths[int(w)]}

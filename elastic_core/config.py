@@ -1,11 +1,15 @@
 """Frozen configuration for routers and for the inference policy (Algorithm 1).
 
-Defaults reproduce the authors' released Qwen-Image code: tau 0.5, a borderline band of 0.015
-(the code hard-codes [0.5, 0.515]), at most 10 reuses in a row, caching from step 15 of 30.
+`ElasticConfig()` is the one place the policy's defaults live (nodes, presets, router files and the
+widget read them from here). They reproduce the authors' released Qwen-Image code: tau 0.5, a
+borderline band of 0.015 (the code hard-codes [0.5, 0.515]), at most 10 reuses in a row, caching from
+the middle of the schedule (step 15 of 30).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -28,6 +32,9 @@ class RouterConfig:
             raise ValueError(f"router widths must lie in (0, 1], got {self.widths}")
         if list(self.widths) != sorted(self.widths):
             raise ValueError(f"router widths must be ascending, got {self.widths}")
+        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (
+                math.isfinite(self.ln_eps) and self.ln_eps > 0):
+            raise ValueError(f"router ln_eps must be a finite number > 0, got {self.ln_eps!r}")
         if self.activation not in ("relu", "gelu", "silu"):
             raise ValueError(f"router activation must be relu, gelu or silu, got {self.activation!r}")
         object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
@@ -41,9 +48,13 @@ class RouterConfig:
 class ElasticConfig:
     """The inference policy: thresholds, switches and the cache window.
 
-    The cache window is a fraction of the denoising steps: step i (of N) may reuse or store a
-    residual when cache_start <= i / N < cache_end. The released code caches from step 15 of 30.
+    The cache window is counted in percent of the noise schedule (0 = pure noise, 1 = clean image),
+    as ComfyUI's own caches count it: a step may store or reuse a residual when its point on the
+    schedule lies in [cache_start, cache_end). Under ComfyUI's `simple` scheduler 0.5 is step 15 of 30,
+    where the released code starts caching. Image-to-image at denoise d starts at 1 - d of the schedule.
     """
+
+    VERSION: ClassVar[int] = 2  # 2: the cache window in percent of the noise schedule
 
     tau: float = 0.5
     delta: float = 0.015
@@ -56,6 +67,17 @@ class ElasticConfig:
     cache_device: str | None = None  # None: keep residuals on the device they were computed on
 
     def __post_init__(self):
+        for name in ("tau", "delta", "cache_start", "cache_end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if isinstance(self.max_reuse, bool) or not isinstance(self.max_reuse, int):
+            raise ValueError(f"max_reuse (K) must be a whole number, got {self.max_reuse!r}")
+        for name in ("skip", "width", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cache_device is not None and not isinstance(self.cache_device, str):
+            raise ValueError(f"cache_device must be a device name or None, got {self.cache_device!r}")
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
         if not 0.0 <= self.delta <= 1.0:
@@ -66,17 +88,11 @@ class ElasticConfig:
             raise ValueError(
                 f"cache window must satisfy 0 <= start <= end <= 1, got [{self.cache_start}, {self.cache_end}]")
 
-    def caching_at(self, step: int, num_steps: int) -> bool:
-        """Whether step `step` (0-based) of `num_steps` lies in the cache window."""
-        if not self.cache or num_steps <= 0:
-            return False
-        return self.cache_start <= step / num_steps < self.cache_end
-
     def with_(self, **changes) -> "ElasticConfig":
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"version": self.VERSION, **asdict(self)}
 
 
 # The paper's Table-1 settings, one choice away from the released-code defaults. The paper's deltas
@@ -86,5 +102,6 @@ PAPER_PRESETS = {
     "qwen-image-base": ElasticConfig(delta=0.1, max_reuse=5),
     "qwen-image-turbo": ElasticConfig(delta=0.15, max_reuse=10),
     "flux-dev": ElasticConfig(delta=0.1, max_reuse=3),
+    "hunyuan3d-3.0": ElasticConfig(delta=0.15, max_reuse=5),
 }
 

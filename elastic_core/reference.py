@@ -106,12 +106,6 @@ def double_run_fn(block: RefDoubleBlock, vec: Tensor) -> RunFn:
     return run
 
 
-def single_run_fn(block: RefSingleBlock, vec: Tensor) -> RunFn:
-    def run(x, rows, width):
-        return {"img": block(x["img"], _rows(vec, rows), width)}
-    return run
-
-
 def plain_stack(blocks: Sequence[RefDoubleBlock], img: Tensor, txt: Tensor, vec: Tensor,
                 widths: Sequence[float] | None = None, skip: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
     """The dense reference: run every block (except `skip`) in order."""

@@ -124,6 +124,3 @@ class RouterSet(nn.Module):
     def gate_bias(self) -> Tensor:  # [N] open-ness of each block's gate at zero input
         return torch.stack([r.out[2].bias.detach()[0] for r in self.routers])
 
-    def width_preference(self) -> Tensor:  # [N] width ratio each block prefers at zero input
-        widths = torch.tensor(self.config.widths)
-        return torch.stack([widths[r.width_head.bias.detach().argmax().cpu()] for r in self.routers])

@@ -12,7 +12,6 @@ each row's result equals running that sample alone.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -20,45 +19,41 @@ from torch import Tensor
 
 from .blocks import BlockSpec
 from .cache import ResidualBank
-from .config import ElasticConfig
+from .policy import Decision, Policy
 from .router import RouterSet
 from .stats import REUSE, RUN, SKIP, RunRecord
 
 Streams = dict[str, Tensor]  # stream name -> [B, L, D]
 # run(inputs of the rows, row indices or None for all rows, width ratio) -> outputs of those rows
 RunFn = Callable[[Streams, "Tensor | None", float], Streams]
-# plan(step, block) -> forced (action, width ratio), or None to let the router decide
-Plan = Callable[[int, int], "tuple[int, float] | None"]
 RowKey = tuple[str, int]  # (stream such as "cond" / "uncond", sample index)
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: int  # SKIP / REUSE / RUN
-    width: float  # width ratio the block runs at (or the router's choice, for skip / reuse)
 
 
 class ElasticRun:
     """State of ONE sampling run: residual banks, step counter and the statistics record."""
 
-    def __init__(self, routers: RouterSet, specs: Sequence[BlockSpec], config: ElasticConfig,
-                 num_steps: int, plan: Plan | None = None, meta: dict | None = None):
+    def __init__(self, routers: RouterSet, specs: Sequence[BlockSpec], policy: Policy, num_steps: int,
+                 meta: dict | None = None):
         if len(specs) != len(routers):
             raise ValueError(f"{len(specs)} blocks but {len(routers)} routers")
-        self.routers, self.specs, self.config, self.plan = routers, list(specs), config, plan
+        self.routers, self.specs, self.policy = routers, list(specs), policy
         self.num_steps = num_steps
-        self.bank = ResidualBank(config.cache_device)
-        self.step, self.caching = 0, config.caching_at(0, num_steps)
+        self.bank = ResidualBank(policy.config.cache_device)
+        self.step, self.caching = 0, False
         self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
-                                widths=list(routers.config.widths), config=config.to_dict(),
+                                widths=list(routers.config.widths), config=policy.config.to_dict(),
                                 num_steps=num_steps, meta=dict(meta or {}))
         self._t0 = time.perf_counter()
 
-    def begin_step(self, step: int, sigma: float | None = None, caching: bool | None = None) -> None:
-        """caching: whether this step lies in the cache window, when the host decides it (ComfyUI
-        counts the window on the noise schedule); None uses the config's step fraction."""
+    @property
+    def config(self):
+        return self.policy.config
+
+    def begin_step(self, step: int, sigma: float | None, in_window: bool) -> None:
+        """in_window: whether this step lies in the cache window, as the host counts it on its noise
+        schedule (`policy.window`); the policy adds the cache switch."""
         self.step = step
-        self.caching = self.config.caching_at(step, self.num_steps) if caching is None else (caching and self.config.cache)
+        self.caching = self.policy.caching(in_window)
         self.record.steps[step] = sigma
         if self.caching:
             self.record.cache_steps.add(step)
@@ -71,31 +66,18 @@ class ElasticRun:
 
     # -- deciding --------------------------------------------------------------------------------
     def _decide(self, i: int, p: float, width_idx: int, key: Hashable, shapes) -> Decision:
-        cfg, widths = self.config, self.routers.config.widths
-        width = widths[width_idx] if cfg.width else 1.0
-        forced = self.plan(self.step, i) if self.plan is not None else None
-        if forced is not None:
-            action, width = forced
-            if action != REUSE or self._reusable(i, key, shapes):
-                return Decision(action, width)
-            return Decision(RUN, width)  # nothing to reuse yet
-        if cfg.skip and p < cfg.tau:
-            return Decision(SKIP, width)
-        if cfg.tau <= p <= cfg.tau + cfg.delta and self._reusable(i, key, shapes):
-            return Decision(REUSE, width)
-        return Decision(RUN, width)
-
-    def _reusable(self, i: int, key: Hashable, shapes: dict) -> bool:
         entry = self.bank.get(i, key) if self.caching else None
-        return entry is not None and entry.uses < self.config.max_reuse and entry.fits(shapes)
+        reuses = entry.uses if entry is not None and entry.fits(shapes) else None
+        return self.policy.decide(self.step, i, p, self.routers.config.widths[width_idx], self.caching, reuses)
 
     # -- one block -------------------------------------------------------------------------------
     def block(self, i: int, inputs: Streams, cond: Tensor, run: RunFn,
               router_tokens: Sequence[Tensor] | None = None, row_keys: Sequence[RowKey] | None = None,
-              clone_inputs: bool = False) -> Streams:
+              inplace: bool = False) -> Streams:
         """Algorithm 1 for block i on a batch. inputs: {"img": [B, L, D], ...}; cond: [B, C].
 
-        clone_inputs: pass copies to `run` (for host blocks that modify their input in place).
+        inplace: `run` adds into the tensors it is given (Flux-type host blocks); the engine then hands
+        it copies, so that residuals are taken against the true inputs.
         """
         b = next(iter(inputs.values())).shape[0]
         keys = list(row_keys) if row_keys is not None else [("cond", r) for r in range(b)]
@@ -103,47 +85,58 @@ class ElasticRun:
             raise ValueError(f"block {i}: {len(keys)} row keys for a batch of {b}")
         with torch.no_grad():
             out = self.routers[i](list(router_tokens) if router_tokens is not None else list(inputs.values()), cond)
+            finite = torch.isfinite(out.gate_logit).all() & torch.isfinite(out.width_logits).all()
         ps, ws = out.p.tolist(), out.width_index.tolist()  # one host sync per block
+        if not finite:
+            raise FloatingPointError(
+                f"Elastic DiT: the router of block {i} ({self.specs[i].name}) gave NaN or Inf at step {self.step}; "
+                "the block's input or the router weights are not finite (a model running out of range in fp16, "
+                "or a damaged router file). Nothing was decided from it.")
         shapes = {k: v.shape[1:] for k, v in inputs.items()}
         decisions = [self._decide(i, p, w, k, shapes) for p, w, k in zip(ps, ws, keys)]
         for r, d in enumerate(decisions):
             if d.action == REUSE:
                 self.bank.get(i, keys[r]).uses += 1
-        result = self._apply(i, inputs, decisions, keys, run, clone_inputs)
+        result = self._apply(i, inputs, decisions, keys, run, inplace)
         self._account(i, inputs, decisions, keys, ps)
         return result
 
-    def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, clone_inputs: bool) -> Streams:
+    def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, inplace: bool) -> Streams:
         b = len(decisions)
         groups: dict[tuple[int, float], list[int]] = {}
         for r, d in enumerate(decisions):
             groups.setdefault((d.action, d.width if d.action == RUN else 0.0), []).append(r)
         if len(groups) == 1:  # the common case: one decision for the whole batch, no row copies
             (action, width), = groups
-            return self._act(i, inputs, None, list(range(b)), action, width, keys, run, clone_inputs)
+            return self._act(i, inputs, None, list(range(b)), action, width, keys, run, inplace)
         result = {k: v.clone() for k, v in inputs.items()}  # skipped rows stay as they are
         for (action, width), rows in groups.items():
             if action == SKIP:
                 continue
             idx = torch.tensor(rows, device=next(iter(inputs.values())).device)
-            part = self._act(i, {k: v.index_select(0, idx) for k, v in inputs.items()}, idx, rows,
-                             action, width, keys, run, False)
+            part = self._act(i, inputs, idx, rows, action, width, keys, run, inplace)
             for k in result:
                 result[k].index_copy_(0, idx, part[k])
         return result
 
-    def _act(self, i, inputs: Streams, idx, rows: list[int], action: int, width: float, keys, run: RunFn,
-             clone_inputs: bool) -> Streams:
-        """Apply one action to a group of rows; inputs already hold just those rows."""
+    def _act(self, i, inputs: Streams, idx: Tensor | None, rows: list[int], action: int, width: float, keys,
+             run: RunFn, inplace: bool) -> Streams:
+        """Apply one action to rows `rows` (idx: the same as a tensor, None = all rows) of `inputs`.
+
+        `inputs` is never changed here: a block that adds into its input in place (inplace=True) gets
+        a copy, so the residual out - in is taken against the block's true input.
+        """
+        x = inputs if idx is None else {k: v.index_select(0, idx) for k, v in inputs.items()}  # [b, L, D]
         if action == SKIP:
-            return inputs
+            return x
         if action == REUSE:
-            return {k: v + torch.stack([self.bank.take(i, keys[r], v, k) for r in rows]) for k, v in inputs.items()}
-        x_in = {k: v.clone() for k, v in inputs.items()} if clone_inputs else inputs
+            return {k: v + torch.stack([self.bank.take(i, keys[r], v, k) for r in rows]) for k, v in x.items()}
+        x_in = {k: v.clone() for k, v in x.items()} if inplace and idx is None else x  # row copies are private
         out = run(x_in, idx, width)
         if self.caching:
+            ref = {k: v.index_select(0, idx) for k, v in inputs.items()} if inplace and idx is not None else x
             with torch.no_grad():
-                delta = {k: (out[k] - inputs[k]).detach() for k in inputs}
+                delta = {k: (out[k] - ref[k]).detach() for k in x}
             for j, r in enumerate(rows):
                 self.bank.put(i, keys[r], {k: v[j] for k, v in delta.items()})
         return out
@@ -152,9 +145,10 @@ class ElasticRun:
         spec, rec, f = self.specs[i], self.record, self.record.flops
         tokens = {k: v.shape[1] for k, v in inputs.items()}
         attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
-        if i not in rec.costs:
+        if i not in rec.costs:  # one sample's cost: run at each width, and one router call
             rec.costs[i] = [attn + spec.mlp_flops(tokens, w) for w in self.routers.config.widths]
-        router_flops = self.routers[i].flops(sum(tokens.values()))
+            rec.router_costs[i] = self.routers[i].flops(sum(tokens.values()))
+        router_flops = rec.router_costs[i]
         for r, (d, p) in enumerate(zip(decisions, ps)):
             f["dense_attn"] += attn
             f["dense_mlp"] += mlp_full

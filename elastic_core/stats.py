@@ -8,6 +8,7 @@ This is what the heatmap widget, the stats node and the logs read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 SCHEMA = "elastic-dit/run-record"
@@ -15,6 +16,17 @@ SCHEMA_VERSION = 1
 ACTIONS = ("skip", "reuse", "run")
 SKIP, REUSE, RUN = range(3)
 COLUMNS = ("step", "block", "stream", "sample", "p", "width", "action", "reuse")
+
+
+def finite(obj):
+    """obj with every NaN / Inf float replaced by None, so that its JSON parses in a browser."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -27,6 +39,7 @@ class RunRecord:
     cache_steps: set[int] = field(default_factory=set)  # steps inside the cache window
     # per block, one sample: FLOPs when skipped or reused (0), and run at each width of `widths`
     costs: dict[int, list[float]] = field(default_factory=dict)
+    router_costs: dict[int, float] = field(default_factory=dict)  # per block, one sample: one router call
     streams: list[str] = field(default_factory=list)
     events: dict[str, list] = field(default_factory=lambda: {c: [] for c in COLUMNS})
     flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
@@ -89,19 +102,21 @@ class RunRecord:
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        """JSON-ready; non-finite numbers (an estimated speedup when nothing ran) become null."""
+        return finite({
             "schema": SCHEMA, "version": SCHEMA_VERSION,
             "blocks": self.blocks, "widths": self.widths, "config": self.config,
             "num_steps": self.num_steps,
             "steps": [{"index": i, "sigma": s, "cache": i in self.cache_steps} for i, s in sorted(self.steps.items())],
             "costs": [self.costs.get(i) for i in range(len(self.blocks))],
+            "router_costs": [self.router_costs.get(i) for i in range(len(self.blocks))],
             "streams": self.streams, "actions": list(ACTIONS),
             "events": self.events,
             "totals": self.totals(), "meta": self.meta,
-        }
+        })
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        return json.dumps(self.to_dict(), allow_nan=False, **kw)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
@@ -116,7 +131,9 @@ class RunRecord:
         return cls(blocks=d["blocks"], widths=d["widths"], config=d["config"], num_steps=d["num_steps"],
                    steps={s["index"]: s["sigma"] for s in d["steps"]},
                    cache_steps={s["index"] for s in d["steps"] if s.get("cache")},
-                   costs={i: c for i, c in enumerate(d.get("costs", [])) if c is not None}, streams=list(d["streams"]),
+                   costs={i: c for i, c in enumerate(d.get("costs", [])) if c is not None},
+                   router_costs={i: c for i, c in enumerate(d.get("router_costs", [])) if c is not None},
+                   streams=list(d["streams"]),
                    events={c: list(d["events"][c]) for c in COLUMNS}, flops=dict(t.get("flops", {})),
                    cache_bytes_peak=t.get("cache_bytes_peak", 0), wall_time_s=t.get("wall_time_s", 0.0),
                    meta=d.get("meta", {}))

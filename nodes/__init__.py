@@ -2,10 +2,12 @@
 from .apply_node import ElasticDiTApply
 from .files import register_folder
 from .loader_node import ElasticDiTRouterLoader
+from .routes import register_routes
 from .stats_node import ElasticDiTStats
 from .train_node import ElasticDiTTrainRouter
 
 register_folder()
+register_routes()
 
 NODE_CLASS_MAPPINGS = {
     "ElasticDiTRouterLoader": ElasticDiTRouterLoader,

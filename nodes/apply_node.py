@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from ..elastic_core.checkpoint import RouterCheckpoint
 from ..elastic_core.config import PAPER_PRESETS, ElasticConfig
+from ..elastic_core.policy import Policy
 from .loader_node import ROUTER_TYPE
-from .patch import CacheWindow, apply_elastic
+from .patch import apply_elastic
 
 PRESETS = {
     "sliders": None,
@@ -17,7 +18,25 @@ PRESETS = {
     "paper: Qwen-Image base": "qwen-image-base",
     "paper: Qwen-Image turbo": "qwen-image-turbo",
     "paper: FLUX.1-dev": "flux-dev",
+    "paper: Hunyuan3D-3.0": "hunyuan3d-3.0",
 }
+
+
+FILE_SETS = ("tau", "delta", "max_reuse", "cache_start_percent", "cache_end_percent")  # what "router file defaults" sets
+
+
+def preset_table() -> dict:
+    """For the widget: what each preset sets ({input: value}, or the inputs the router file sets)."""
+    out = {}
+    for name, key in PRESETS.items():
+        if key is None:
+            out[name] = {"sets": {}}
+        elif key == "file":
+            out[name] = {"from_file": list(FILE_SETS)}
+        else:
+            p = PAPER_PRESETS[key]
+            out[name] = {"sets": {"tau": p.tau, "delta": p.delta, "max_reuse": p.max_reuse}}
+    return out
 
 
 def _f(default, lo, hi, step, tip, slider=True):
@@ -32,7 +51,7 @@ class ElasticDiTApply:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "A Qwen-Image, Flux.1 or Chroma model. It is cloned, never changed."}),
+                "model": ("MODEL", {"tooltip": "A Qwen-Image, Flux.1, Chroma or Hunyuan3D (2.0, 2.1) model. It is cloned, never changed."}),
                 "router": (ROUTER_TYPE, {"tooltip": "Routers from Load Elastic Router, made for this model."}),
                 "tau": _f(0.5, 0.0, 1.0, 0.005, "Gate threshold: a block whose gate probability is below tau is skipped."),
                 "delta": _f(0.015, 0.0, 0.3, 0.005, "Borderline band [tau, tau + delta]: blocks in it reuse their "
@@ -69,7 +88,8 @@ class ElasticDiTApply:
             raise ValueError(f"cache_start_percent ({cache_start_percent}) must not exceed "
                              f"cache_end_percent ({cache_end_percent})")
         config = ElasticConfig(tau=tau, delta=delta, max_reuse=max_reuse, skip=skip_blocks, width=adapt_width,
-                               cache=cache, cache_device=None if cache_device == "auto" else cache_device)
+                               cache=cache, cache_start=cache_start_percent, cache_end=cache_end_percent,
+                               cache_device=None if cache_device == "auto" else cache_device)
         chosen = PRESETS.get(preset)
         if chosen == "file":
             config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
@@ -77,7 +97,4 @@ class ElasticDiTApply:
         elif chosen is not None:
             p = PAPER_PRESETS[chosen]
             config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
-        window = CacheWindow(cache_start_percent, cache_end_percent)
-        if chosen == "file":
-            window = CacheWindow(config.cache_start, config.cache_end)
-        return (apply_elastic(model, router, config, window, node_id=unique_id),)
+        return (apply_elastic(model, router, Policy(config), node_id=unique_id),)

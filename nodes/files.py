@@ -14,7 +14,13 @@ _LISTED = (".safetensors", ".sft") + PICKLE_EXTENSIONS  # pickles are listed so 
 
 
 def register_folder() -> None:
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
+    """Register models/elastic_routers and make it, so that a fresh install shows where router files go."""
+    path = os.path.join(folder_paths.models_dir, FOLDER)
+    folder_paths.add_model_folder_path(FOLDER, path, is_default=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only models folder: listing still works, training says where it cannot write
+        pass
 
 
 def _files(folder: str) -> list[str]:

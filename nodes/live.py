@@ -12,7 +12,7 @@ EVENT = "elastic_dit.{}"
 log = logging.getLogger("elastic_dit")
 
 
-def _server():
+def server_instance():
     try:
         import server  # ComfyUI's; absent or without an instance when ComfyUI runs headless
     except ImportError:
@@ -23,7 +23,7 @@ def _server():
 class LiveFeed:
     def __init__(self, node_id: str | None):
         self.node_id = node_id
-        self.server = _server() if node_id is not None else None
+        self.server = server_instance() if node_id is not None else None
         self._sent_events = 0
         self._started = False
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import types
-from dataclasses import dataclass
 
 import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..elastic_core.checkpoint import RouterCheckpoint
-from ..elastic_core.config import ElasticConfig
+from ..elastic_core.policy import Policy
 from ..elastic_core.stats import RunRecord
 from .adapters import FamilyAdapter, adapter_for
 from .run_state import RunState
@@ -31,19 +30,13 @@ COMPILE_KEY = "torch.compile"  # the wrapper key ComfyUI's TorchCompileModel use
 log = logging.getLogger("elastic_dit")
 
 
-@dataclass(frozen=True)
-class CacheWindow:
-    start_percent: float = 0.5  # of the noise schedule, as ComfyUI's EasyCache counts it
-    end_percent: float = 1.0
-
-
 class ElasticPatch:
-    """What one Apply node put on a model: adapter, routers, policy. Shared by all clones."""
+    """What one Apply node put on a model: adapter, routers, policy. Shared by all clones (and so is
+    `last_record`: of two clones of one patched MODEL, the record is the last run's of either)."""
 
-    def __init__(self, adapter: FamilyAdapter, refs, ckpt: RouterCheckpoint, config: ElasticConfig,
-                 window: CacheWindow, node_id: str | None = None, plan=None):
-        self.adapter, self.refs, self.ckpt, self.config, self.window = adapter, refs, ckpt, config, window
-        self.plan = plan  # a fixed decision plan (benchmarks); None: the routers decide
+    def __init__(self, adapter: FamilyAdapter, refs, ckpt: RouterCheckpoint, policy: Policy,
+                 node_id: str | None = None):
+        self.adapter, self.refs, self.ckpt, self.policy = adapter, refs, ckpt, policy
         self.routers = ckpt.routers
         self.specs = [r.spec for r in refs]
         self.slots = [WidthSlot() for _ in refs]
@@ -118,8 +111,7 @@ def _outer_sample(executor, *args, **kwargs):
         log.info("Elastic DiT: %s", state.log_line(record))
 
 
-def apply_elastic(model, ckpt: RouterCheckpoint, config: ElasticConfig, window: CacheWindow,
-                  node_id: str | None = None, plan=None):
+def apply_elastic(model, ckpt: RouterCheckpoint, policy: Policy, node_id: str | None = None):
     """A clone of `model` (a ModelPatcher) running elastic blocks. `model` itself is not changed."""
     dm = model.get_model_object("diffusion_model")
     adapter = adapter_for(dm)
@@ -128,7 +120,7 @@ def apply_elastic(model, ckpt: RouterCheckpoint, config: ElasticConfig, window: 
     if _compiled(model):
         raise compile_error()
     m = model.clone()
-    install(m, ElasticPatch(adapter, refs, ckpt, config, window, node_id, plan), width=config.width)
+    install(m, ElasticPatch(adapter, refs, ckpt, policy, node_id), width=policy.config.width)
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample)
     return m
@@ -147,6 +139,7 @@ def install(m, patch: ElasticPatch, width: bool) -> None:
             for path, twin in patch.adapter.width_patches(dm, ref, patch.slots[i],
                                                           lambda p: m.get_model_object(f"diffusion_model.{p}")).items():
                 m.add_object_patch(f"diffusion_model.{path}", twin)
+    patch.adapter.extra_hooks(m, patch)
 
 
 def check_compatible(adapter: FamilyAdapter, dm, refs, ckpt: RouterCheckpoint) -> None:

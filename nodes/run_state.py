@@ -17,17 +17,42 @@ from .live import LiveFeed
 STREAMS = {0: "cond", 1: "uncond"}  # ComfyUI's COND / UNCOND chunk marks
 
 
-def row_keys(cond_or_uncond, batch: int) -> list[tuple[str, int]]:
-    """(stream, sample) per row: the batch holds len(cond_or_uncond) equal chunks."""
-    marks = list(cond_or_uncond or [0])
-    if batch % len(marks):
-        marks = [0]
-    per, names, seen = batch // len(marks), [], {}
-    for m in marks:
-        base = STREAMS.get(int(m), f"chunk{int(m)}")
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}{seen[base]}")
-    return [(names[r // per], r % per) for r in range(batch)]
+class StreamNames:
+    """Readable, stable stream names for the cond chunks of one run: "cond", "uncond", then "cond2"...
+
+    ComfyUI marks each chunk of a model call as cond (0) or uncond (1) and gives each conditioning its
+    own uuid. Two conds of one type (ConditioningCombine, areas, ControlNet) may share a call or run in
+    separate calls; keyed by uuid, each keeps its own name, hence its own residual bank and K counter.
+    """
+
+    def __init__(self):
+        self._by_uuid: dict = {}
+        self._count: dict[str, int] = {}
+
+    def _new(self, mark: int) -> str:
+        base = STREAMS.get(int(mark), f"chunk{int(mark)}")
+        self._count[base] = self._count.get(base, 0) + 1
+        return base if self._count[base] == 1 else f"{base}{self._count[base]}"
+
+    def chunks(self, cond_or_uncond, uuids) -> list[str]:
+        marks = list(cond_or_uncond or [0])
+        if uuids is None or len(uuids) != len(marks):  # no identity given: name chunks by position
+            local = StreamNames()
+            return [local._new(m) for m in marks]
+        names = []
+        for m, u in zip(marks, uuids):
+            if u not in self._by_uuid:
+                self._by_uuid[u] = self._new(m)
+            names.append(self._by_uuid[u])
+        return names
+
+    def row_keys(self, to: dict, batch: int) -> list[tuple[str, int]]:
+        """(stream, sample) per row: the batch holds one equal chunk per entry of cond_or_uncond."""
+        names = self.chunks(to.get("cond_or_uncond"), to.get("uuids"))
+        if batch % len(names):  # not ComfyUI's chunk layout: one stream, rows are samples
+            names = ["cond"]
+        per = batch // len(names)
+        return [(names[r // per], r % per) for r in range(batch)]
 
 
 class RunState:
@@ -37,12 +62,14 @@ class RunState:
         self.patch = patch
         self.sample_sigmas = [float(s) for s in sigmas]
         self.num_steps = max(len(self.sample_sigmas) - 1, 1)
-        self.run = ElasticRun(patch.routers, patch.specs, patch.config, self.num_steps, plan=patch.plan,
+        self.run = ElasticRun(patch.routers, patch.specs, patch.policy, self.num_steps,
                               meta={"family": patch.adapter.family, "node_id": patch.node_id,
                                     "routers": patch.ckpt.path})
-        self.start_sigma = float(model_sampling.percent_to_sigma(patch.window.start_percent))
-        self.end_sigma = float(model_sampling.percent_to_sigma(patch.window.end_percent))
+        config = patch.policy.config  # the cache window in percent of the noise schedule, as sigmas
+        self.start_sigma = float(model_sampling.percent_to_sigma(config.cache_start))
+        self.end_sigma = float(model_sampling.percent_to_sigma(config.cache_end))
         self._sigmas_seen = None
+        self.names = StreamNames()
         self.live = LiveFeed(patch.node_id)
         self._live_step: int | None = None
         self._router_home: torch.device | None = None
@@ -56,11 +83,11 @@ class RunState:
         sigma = float(sig.reshape(-1)[0]) if sig is not None else self.sample_sigmas[0]
         tol = 1e-5 * max(abs(sigma), 1e-3)
         step = max([j for j, s in enumerate(self.sample_sigmas[:-1]) if s >= sigma - tol] or [0])
-        caching = self.start_sigma + tol >= sigma > self.end_sigma
+        in_window = self.start_sigma + tol >= sigma > self.end_sigma
         if self._live_step is not None and step != self._live_step:
             self.live.step_done(self.run.record, self._live_step)
         self._live_step = step
-        self.run.begin_step(step, sigma, caching=caching)
+        self.run.begin_step(step, sigma, in_window)
 
     def _routers_to(self, device: torch.device) -> None:
         routers = self.patch.routers
@@ -85,7 +112,7 @@ class RunState:
                 slot.width = None
 
         return self.run.block(i, x, adapter.cond(ref, args), run_fn, router_tokens=adapter.router_tokens(ref, args),
-                              row_keys=row_keys(to.get("cond_or_uncond"), batch), clone_inputs=adapter.inplace)
+                              row_keys=self.names.row_keys(to, batch), inplace=adapter.inplace)
 
     def finish(self) -> RunRecord:
         if self._router_home is not None:  # routers leave the GPU with the run

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from ..elastic_core import heatmap
 from .patch import HOLDER_KEY
 
-SCALE = 2  # cells of the raster are drawn at 2x so that the picture reads at a glance
-LABEL_W, HEAD_H = 150, 34
+STREAMS = ["cond", "uncond", "cond2", "uncond2", "cond3", "uncond3"]  # conds of one type count up (run_state)
 
 
 def _record(model):
@@ -34,34 +32,14 @@ def _view_index(pl: dict, stream: str, sample: int) -> int:
     return views.index((stream, sample))
 
 
-def picture(pl: dict, view: int) -> Image.Image:
-    """The raster heatmap with block names, a title and the summary line."""
-    raster = heatmap.render(pl, view)  # [H, W, 3]
-    cells = Image.fromarray(raster).resize((raster.shape[1] * SCALE, raster.shape[0] * SCALE), Image.NEAREST)
-    img = Image.new("RGB", (LABEL_W + cells.width + 8, HEAD_H + cells.height + 6), heatmap.PALETTE["grid"])
-    img.paste(cells, (LABEL_W, HEAD_H))
-    d = ImageDraw.Draw(img)
-    t, v = pl["summary"], pl["views"][view]
-    d.text((6, 4), f"Elastic DiT - {v['stream']} sample {v['sample']} - tau {pl['config'].get('tau')}",
-           fill=heatmap.PALETTE["text"])
-    d.text((6, 18), f"skipped {t['skipped']:.0%}  reused {t['reused']:.0%}  mean width {t['mean_width']:.2f}  "
-                    f"compute {t['executed_fraction']:.0%}  est. {t['estimated_speedup']:.2f}x",
-           fill=heatmap.PALETTE["text"])
-    ch = 8 * SCALE
-    every = max(1, 12 // ch + 1)
-    for b, blk in enumerate(pl["blocks"]):
-        if b % every == 0:
-            d.text((6, HEAD_H + b * ch), blk["name"][-20:], fill=heatmap.PALETTE["text"])
-    return img
-
-
 class ElasticDiTStats:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The output of Apply Elastic DiT (it carries the last run's record)."}),
             "samples": ("LATENT", {"tooltip": "The KSampler's output: makes this node run after sampling."}),
-            "stream": (["cond", "uncond"], {"default": "cond", "tooltip": "Which guidance half to show."}),
+            "stream": (STREAMS, {"default": "cond", "tooltip": "Which guidance half to show (cond2, ...: a second "
+                                 "prompt of that type, e.g. from Conditioning Combine)."}),
             "sample": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "Which sample of the batch."}),
         }}
 
@@ -76,6 +54,6 @@ class ElasticDiTStats:
     def stats(self, model, samples, stream, sample):
         record = _record(model)
         pl = heatmap.payload(record)
-        img = picture(pl, _view_index(pl, stream, sample))
-        image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]  # [1, H, W, 3]
+        img = heatmap.picture(pl, _view_index(pl, stream, sample))  # [H, W, 3] uint8
+        image = torch.from_numpy(img.astype(np.float32) / 255.0)[None]  # [1, H, W, 3]
         return (image, record.to_json())

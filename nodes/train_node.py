@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -22,13 +23,14 @@ import folder_paths
 
 from ..elastic_core.config import ElasticConfig
 from ..elastic_core.checkpoint import RouterCheckpoint, RouterMeta, load_routers, save_routers
+from ..elastic_core.policy import Policy
 from ..elastic_core.router import RouterSet
 from ..elastic_core.train import RouterTrainer, TrainConfig
 from .adapters import adapter_for
 from .files import FOLDER
 from .loader_node import ROUTER_TYPE
 from .rope_grad import ensure_rope_grad
-from .patch import HOLDER_KEY, RUN_KEY, CacheWindow, ElasticPatch, check_compatible, install
+from .patch import HOLDER_KEY, RUN_KEY, ElasticPatch, check_compatible, install
 from .train_state import TrainSampler, TrainState, dense_trajectories, perf_and_aux
 
 log = logging.getLogger("elastic_dit")
@@ -89,7 +91,7 @@ class ElasticDiTTrainRouter:
         f = lambda d, lo, hi, st, tip: ("FLOAT", {"default": d, "min": lo, "max": hi, "step": st, "tooltip": tip})  # noqa: E731
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The plain model (Qwen-Image, Flux.1, Chroma) to train routers for. "
+                "model": ("MODEL", {"tooltip": "The plain model (Qwen-Image, Flux.1, Chroma, Hunyuan3D) to train routers for. "
                                    "It is cloned, never changed."}),
                 "positive": ("CONDITIONING", {"tooltip": "Prompts like the ones you will sample with."}),
                 "latent_image": ("LATENT", {"tooltip": "An empty latent of the size you will sample at."}),
@@ -99,7 +101,8 @@ class ElasticDiTTrainRouter:
                 "rho_w": f(0.6, 0.25, 1.0, 0.01, "Target mean MLP width of the blocks that run."),
                 "filename": ("STRING", {"default": "my_model_router", "tooltip": "Saved as models/elastic_routers/"
                                         "<filename>.safetensors (a number is added rather than overwrite)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                 "tooltip": "Seeds the routers' start, the teacher runs' noise and the training draws."}),
             },
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Needed when cfg > 1."}),
@@ -108,7 +111,8 @@ class ElasticDiTTrainRouter:
                                            "tooltip": "Steps of the dense teacher runs (your sampling steps)."}),
                 "teacher_runs": ("INT", {"default": 4, "min": 1, "max": 256,
                                          "tooltip": "Dense sampling runs (seeds) whose states the routers train on."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                       "tooltip": "Teacher states per training step (more: smoother, slower, more memory)."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute each block in the "
                                            "backward pass: far less memory, about 1.3x the time."}),
                 "save_every": ("INT", {"default": 50, "min": 1, "max": 100000,
@@ -129,7 +133,49 @@ class ElasticDiTTrainRouter:
     def train(self, model, positive, latent_image, steps, learning_rate, rho_g, rho_w, filename, seed,
               negative=None, cfg=1.0, sampling_steps=20, teacher_runs=4, batch_size=1,
               gradient_checkpointing=True, save_every=50, resume=False):
-        # -- everything that can be wrong is found before any sampling ----------------------------
+        job = TrainJob.validate(model, positive, negative, latent_image, cfg, filename, resume, TrainConfig(
+            steps=steps, lr=learning_rate, rho_g=rho_g, rho_w=rho_w, grad_checkpoint=gradient_checkpointing),
+            sampling_steps, teacher_runs, batch_size, save_every, seed)
+        t0 = time.perf_counter()
+        teacher = dense_trajectories(model, job.positive, job.negative, job.latent, cfg,
+                                     sampling_steps, teacher_runs, seed)
+        log.info("Elastic DiT training: %d teacher states from %d dense runs in %.1f s",
+                 len(teacher), teacher_runs, time.perf_counter() - t0)
+        loop = TrainLoop(job, teacher)
+        run_student(job, loop)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if loop.trainer.history:
+            last = loop.trainer.history[-1]
+            log.info("Elastic DiT: trained %s in %.0f s (mean gate %.3f, mean width %.3f)", job.path,
+                     time.perf_counter() - t0, last["mean_gate"], last["mean_width"])
+        return (load_routers(job.path),)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """The node's inputs, checked: everything that can be wrong is found before any sampling."""
+    model: object  # the user's ModelPatcher (never changed)
+    latent: torch.Tensor  # [1, C, ...] one empty latent of the size to train at
+    adapter: object
+    refs: list
+    positive: list
+    negative: list
+    cfg: float
+    config: TrainConfig
+    path: str  # the router file; the optimizer state goes to path + STATE_SUFFIX
+    resume: bool
+    batch_size: int
+    save_every: int
+    seed: int
+    provenance: dict
+
+    @property
+    def state_file(self) -> str:
+        return self.path + STATE_SUFFIX
+
+    @classmethod
+    def validate(cls, model, positive, negative, latent_image, cfg, filename, resume, config: TrainConfig,
+                 sampling_steps, teacher_runs, batch_size, save_every, seed) -> "TrainJob":
         if HOLDER_KEY in model.model_options.get("transformer_options", {}):
             raise ValueError("this MODEL already comes from Apply Elastic DiT; train on the plain model")
         dm = model.get_model_object("diffusion_model")
@@ -140,92 +186,96 @@ class ElasticDiTTrainRouter:
         if not isinstance(latent_image, dict) or "samples" not in latent_image:
             raise ValueError("latent_image must be a LATENT (e.g. from Empty Latent Image)")
         path = router_path(filename, resume)
-        state_file = path + STATE_SUFFIX
-        if resume and not os.path.isfile(state_file):
-            raise FileNotFoundError(f"resume: no training state {state_file}; train without resume first")
+        if resume and not os.path.isfile(path + STATE_SUFFIX):
+            raise FileNotFoundError(f"resume: no training state {path + STATE_SUFFIX}; train without resume first")
         if resume:  # the saved routers must be this model's
             check_compatible(adapter, dm, refs, load_routers(path))
-        config = TrainConfig(steps=steps, lr=learning_rate, rho_g=rho_g, rho_w=rho_w,
-                             grad_checkpoint=gradient_checkpointing)
+        provenance = {"trainer": "Train Elastic Router (dense-teacher distillation)", "steps": str(config.steps),
+                      "cfg": str(cfg), "sampling_steps": str(sampling_steps), "teacher_runs": str(teacher_runs)}
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
+        return cls(model, latent, adapter, refs, positive, negative if negative is not None else positive, cfg,
+                   config, path, resume, batch_size, save_every, seed, provenance)
+
+    def new_routers(self) -> tuple[RouterSet, RouterMeta]:
+        dm = self.model.get_model_object("diffusion_model")
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these tensors will train
-            routers = RouterSet(adapter.router_config(dm), [r.spec.name for r in refs]).init_full_capacity(
-                generator=torch.Generator().manual_seed(seed))
-        meta = RouterMeta.for_routers(
-            routers, adapter.family, rho_g=rho_g, rho_w=rho_w,
-            defaults={"tau": config.tau, "delta": 0.015, "max_reuse": 10, "cache_start": 0.5, "cache_end": 1.0},
-            provenance={"trainer": "Train Elastic Router (dense-teacher distillation)", "steps": str(steps),
-                        "cfg": str(cfg), "sampling_steps": str(sampling_steps)})
-
-        n_params = sum(p.numel() for p in routers.parameters())
+            routers = RouterSet(self.adapter.router_config(dm), [r.spec.name for r in self.refs]).init_full_capacity(
+                generator=torch.Generator().manual_seed(self.seed))
+        defaults = {k: v for k, v in ElasticConfig(tau=self.config.tau).to_dict().items()
+                    if k in ("tau", "delta", "max_reuse", "cache_start", "cache_end")}
+        meta = RouterMeta.for_routers(routers, self.adapter.family, rho_g=self.config.rho_g, rho_w=self.config.rho_w,
+                                      defaults=defaults, provenance=self.provenance)
+        n = sum(p.numel() for p in routers.parameters())
         log.info("Elastic DiT training: %d routers, %.1f M parameters (%.2f GB with gradients and Adam state)",
-                 len(routers), n_params / 1e6, n_params * 16 / 1e9)
-        ensure_rope_grad()
+                 len(routers), n / 1e6, n * 16 / 1e9)
+        return routers, meta
 
-        # -- the teacher: dense runs of the model as given ---------------------------------------
-        t0 = time.perf_counter()
-        teacher = dense_trajectories(model, positive, negative if negative is not None else positive,
-                                     latent_image["samples"], cfg, sampling_steps, teacher_runs, seed)
-        log.info("Elastic DiT training: %d teacher states from %d dense runs in %.1f s",
-                 len(teacher), teacher_runs, time.perf_counter() - t0)
 
-        # -- the student: a clone with training hooks -------------------------------------------
-        with torch.inference_mode(False), torch.enable_grad():
-            m = model.clone()
-            patch = ElasticPatch(adapter, refs, RouterCheckpoint(routers, meta, path), ElasticConfig(),
-                                 CacheWindow())
-            install(m, patch, width=True)
-            state = TrainState(patch, config.tau, gradient_checkpointing)
-            m.model_options["transformer_options"][RUN_KEY] = state
-            _frozen_weights(m, dm)
-            box = {}
+class TrainLoop:
+    """What runs inside ComfyUI's sampler (TrainSampler): Adam steps, progress, saving, Cancel."""
 
-            def save(trainer: RouterTrainer) -> None:
-                routers.to("cpu")
-                save_routers(path, routers, meta)
-                trainer.save(state_file)
-                routers.to(box["device"])
-                box["saved"] = trainer.step
+    def __init__(self, job: TrainJob, teacher):
+        self.job, self.teacher = job, teacher
+        self.routers, self.meta = job.new_routers()
+        self.state: TrainState | None = None  # the student's hook state, set by run_student
+        self.trainer: RouterTrainer | None = None
+        self.device, self.saved = None, None
 
-            def loop(predict, device) -> None:
-                box["device"] = device
-                routers.to(device).requires_grad_(True)
-                trainer = RouterTrainer(routers, config)
-                if resume:
-                    trainer.resume(state_file)
-                pbar = comfy.utils.ProgressBar(steps)
-                pbar.update_absolute(trainer.step, steps)
-                gen = torch.Generator().manual_seed(seed + trainer.step)
+    def save(self) -> None:
+        self.routers.to("cpu")
+        save_routers(self.job.path, self.routers, self.meta)
+        self.trainer.save(self.job.state_file)
+        self.routers.to(self.device)
+        self.saved = self.trainer.step
 
-                def progress(mx: dict) -> None:
-                    pbar.update_absolute(mx["step"], steps)
-                    if mx["step"] % save_every == 0 or mx["step"] == steps:
-                        save(trainer)
-                    if mx["step"] % 10 == 0 or mx["step"] == steps:
-                        log.info("Elastic DiT training step %d/%d: loss %.5f, mean gate %.3f, open %.2f, mean width %.3f",
-                                 mx["step"], steps, mx["loss"], mx["mean_gate"], mx["open"], mx["mean_width"])
+    def progress(self, mx: dict, pbar) -> None:
+        steps = self.job.config.steps
+        pbar.update_absolute(mx["step"], steps)
+        if mx["step"] % self.job.save_every == 0 or mx["step"] == steps:
+            self.save()
+        if mx["step"] % 10 == 0 or mx["step"] == steps:
+            log.info("Elastic DiT training step %d/%d: loss %.5f, mean gate %.3f, open %.2f, mean width %.3f",
+                     mx["step"], steps, mx["loss"], mx["mean_gate"], mx["open"], mx["mean_width"])
 
-                box["trainer"] = trainer
-                try:
-                    trainer.fit(perf_and_aux(state, predict, teacher, batch_size, gen, device),
-                                steps=max(steps - trainer.step, 0), progress=progress,
-                                should_stop=comfy.model_management.processing_interrupted)
-                finally:  # Cancel, an error, or the end: what was trained is on disk
-                    if trainer.history and box.get("saved") != trainer.step:
-                        save(trainer)
+    def __call__(self, predict, device) -> None:
+        job, steps = self.job, self.job.config.steps
+        self.device = device
+        self.routers.to(device).requires_grad_(True)
+        self.trainer = RouterTrainer(self.routers, job.config)
+        if job.resume:
+            self.trainer.resume(job.state_file)
+        pbar = comfy.utils.ProgressBar(steps)
+        pbar.update_absolute(self.trainer.step, steps)
+        gen = torch.Generator().manual_seed(job.seed + self.trainer.step)
+        try:
+            self.trainer.fit(perf_and_aux(self.state, predict, self.teacher, job.batch_size, gen, device),
+                             steps=max(steps - self.trainer.step, 0), progress=lambda mx: self.progress(mx, pbar),
+                             should_stop=comfy.model_management.processing_interrupted)
+        finally:  # Cancel, an error, or the end: what was trained is on disk
+            if self.trainer.history and self.saved != self.trainer.step:
+                self.save()
 
-            lat = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
-            guider = comfy.samplers.CFGGuider(m)
-            guider.set_conds(positive, negative if negative is not None else positive)
-            guider.set_cfg(cfg)
-            sigmas = torch.tensor([float(teacher.sigma.max()), 0.0])
-            try:
-                guider.sample(torch.zeros_like(lat), lat, TrainSampler(loop), sigmas, seed=seed, disable_pbar=True)
-            finally:
-                routers.to("cpu").requires_grad_(False)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        trainer = box["trainer"]
-        if trainer.history:
-            last = trainer.history[-1]
-            log.info("Elastic DiT: trained %s in %.0f s (mean gate %.3f, mean width %.3f)", path,
-                     time.perf_counter() - t0, last["mean_gate"], last["mean_width"])
-        return (load_routers(path),)
+
+def run_student(job: TrainJob, loop: TrainLoop) -> None:
+    """The student: a clone of the model with the training hooks, called through ComfyUI's own guider
+    (cond processing, CFG, model loading) by a sampler whose sample() is the training loop."""
+    model = job.model
+    dm = model.get_model_object("diffusion_model")
+    ensure_rope_grad()
+    with torch.inference_mode(False), torch.enable_grad():
+        m = model.clone()
+        patch = ElasticPatch(job.adapter, job.refs, RouterCheckpoint(loop.routers, loop.meta, job.path),
+                             Policy(ElasticConfig()))
+        install(m, patch, width=True)
+        loop.state = TrainState(patch, job.config.tau, job.config.grad_checkpoint)
+        m.model_options["transformer_options"][RUN_KEY] = loop.state
+        _frozen_weights(m, dm)
+        lat = job.latent
+        guider = comfy.samplers.CFGGuider(m)
+        guider.set_conds(job.positive, job.negative)
+        guider.set_cfg(job.cfg)
+        sigmas = torch.tensor([float(loop.teacher.sigma.max()), 0.0])
+        try:
+            guider.sample(torch.zeros_like(lat), lat, TrainSampler(loop), sigmas, seed=job.seed, disable_pbar=True)
+        finally:
+            loop.routers.to("cpu").requires_grad_(False)

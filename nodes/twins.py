@@ -1,15 +1,21 @@
 """MLP width reduction inside a ComfyUI block, through object patches only.
 
 A block's MLP (or, for Flux single blocks, its fused projections) is replaced on the CLONED model by a
-"twin": a second view of the very same module (same parameter, buffer and child dicts, so weight
-keys, LoRA patching and lowvram casting see nothing new) whose forward reads the width the router
-chose for the current call from a `WidthSlot`. With no width set, the twin calls its class's own
-forward, so results are bit-identical to the unpatched model. ModelPatcher installs twins with
-`add_object_patch` and restores the originals on unpatch; the user's MODEL is never touched.
+"twin": a second view of the very same module whose forward reads the width the router chose for the
+current call from a `WidthSlot`. With no width set, the twin calls its class's own forward, so
+results are bit-identical to the unpatched model. ModelPatcher installs twins with `add_object_patch`
+and restores the originals on unpatch; the user's MODEL is never touched.
+
+A twin SHARES the original's instance `__dict__`: parameters, buffers, children, and the load state
+ComfyUI hangs on a layer (lowvram `weight_function`, `prev_comfy_cast_weights`, ...). Weight keys, LoRA
+patching and lowvram casting see nothing new, and whatever ComfyUI sets or wipes on the twin while it
+is in the model, it sets or wipes on the original: a patcher that loads the model through a twin and a
+patcher that loads it without one leave the layer in the same state. (A twin with a copied state
+would let the original keep a detached LoRA clone's lowvram patch, which a later load of the plain
+model then applies.) What the twin adds (its slot, layout, the original) lives on its own class.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
@@ -18,10 +24,6 @@ from torch import Tensor, nn
 
 from ..elastic_core.elastic_mlp import MLPLayout, elastic_mlp, mask_hidden, masked_mlp, project_in, project_out
 from .weights import effective_weights, provider
-
-# Attributes ModelPatcher.load() sets on a loaded module; a twin starts as an unloaded module.
-_LOAD_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
-
 
 class WidthSlot:
     """What the current block call runs at: `width`, a ratio (None = full width, the original forward),
@@ -81,22 +83,12 @@ class _OutTwin(_Twin):
         return project_out(h, weight, bias, self._layout, self._layout.channels(w))
 
 
-@functools.lru_cache(maxsize=None)
-def _twin_class(base: type, mixin: type) -> type:
-    return type(f"Elastic{base.__name__}", (mixin, base), {"__module__": __name__})
-
-
 def _make(orig: nn.Module, mixin: type, **attrs) -> nn.Module:
     orig = getattr(orig, "_orig", orig)  # re-applying the node twins the original, not a twin
-    twin = object.__new__(_twin_class(type(orig), mixin))
-    state = dict(orig.__dict__)
-    if "prev_comfy_cast_weights" in state:  # undo lowvram load state, as ModelPatcher would on unload
-        state["comfy_cast_weights"] = state["prev_comfy_cast_weights"]
-        state["weight_function"], state["bias_function"] = [], []
-    for k in _LOAD_STATE:
-        state.pop(k, None)
-    twin.__dict__.update(state)  # _parameters/_buffers/_modules are the SAME dict objects: one module, two views
-    twin.__dict__.update({"_orig": orig, **{f"_{k}": v for k, v in attrs.items()}})
+    # staticmethod: a function kept here (the activation) must not bind to the twin as a method
+    extra = {"__module__": __name__, "_orig": orig, **{f"_{k}": staticmethod(v) for k, v in attrs.items()}}
+    twin = object.__new__(type(f"Elastic{type(orig).__name__}", (mixin, type(orig)), extra))
+    object.__setattr__(twin, "__dict__", orig.__dict__)  # one module, two views (see the module docstring)
     return twin
 
 

@@ -4,6 +4,7 @@
 
 export const SKIP = 0, REUSE = 1, RUN = 2;
 const LABEL_W = 92, TOP = 4, LEGEND_H = 54;
+const LEGEND_END_W = 12;  // the ramp's closing "1" label, 10px font, and a margin
 const MIN_ROW_PX = 4;  // a block row never gets thinner than this (57 Flux blocks, 60 Qwen-Image blocks)
 
 // The canvas height (CSS pixels) that gives every one of nBlocks rows at least MIN_ROW_PX.
@@ -87,7 +88,7 @@ function drawLabels(ctx, lay, blocks, palette) {
 }
 
 function drawLegend(ctx, lay, opts, palette) {
-  const y = lay.legendY, w = Math.min(160, lay.width - lay.x0 - 4);
+  const y = lay.legendY, w = Math.min(160, lay.width - lay.x0 - LEGEND_END_W);  // room for the "1" after the ramp
   for (let i = 0; i < w; i++) {
     ctx.fillStyle = ramp(i / (w - 1), palette);
     ctx.fillRect(lay.x0 + i, y, 1, 8);
@@ -101,7 +102,7 @@ function drawLegend(ctx, lay, opts, palette) {
   ctx.font = "10px sans-serif";
   ctx.fillText("p: 0", 2, y + 8);
   ctx.fillText("1", lay.x0 + w + 3, y + 8);
-  ctx.fillText(`tau ${opts.tau}`, lay.x0, y + 20);
+  ctx.fillText(`tau ${Number(opts.tau.toFixed(3))}`, lay.x0, y + 20);  // a dragged slider gives any float
   ctx.fillText("dark: skipped · dot: reused · bar: MLP width", 2, y + 32);
   if (opts.estimate) {
     ctx.fillStyle = palette.tau;
@@ -132,30 +133,41 @@ export function drawHeatmap(ctx, grid, opts) {
   return { cells, layout: lay };
 }
 
-// Algorithm 1 replayed on one view's recorded p at other thresholds (mirrors elastic_core.heatmap.what_if).
+// Policy.decide of elastic_core/policy.py, line for line: skip below tau; reuse in [tau, tau + delta]
+// while caching and a residual is cached that was reused fewer than K times; otherwise run.
+// reuses: null when nothing usable is cached.
+export function decide(cfg, p, width, caching, reuses) {
+  const w = (cfg.width ?? true) ? width : 1.0;
+  if ((cfg.skip ?? true) && p < cfg.tau) return { action: SKIP, width: w };
+  if (caching && reuses !== null && cfg.tau <= p && p <= cfg.tau + cfg.delta && reuses < cfg.max_reuse)
+    return { action: REUSE, width: w };
+  return { action: RUN, width: w };
+}
+
+// Algorithm 1 replayed on one view's recorded p at other thresholds (mirrors elastic_core.heatmap.what_if
+// and policy.replay): decisions, shares, and executed compute with the routers' cost included.
 export function whatIf(payload, viewIndex, tau, delta, maxReuse) {
-  const view = payload.views[viewIndex], cfg = payload.config, widths = payload.widths;
-  const nB = view.p.length, nS = payload.steps.length;
+  const view = payload.views[viewIndex], widths = payload.widths;
+  const cfg = { ...payload.config, tau, delta, max_reuse: maxReuse };
   const action = view.p.map((row) => row.map(() => null));
   let spent = 0, dense = 0, n = 0;
   const counts = [0, 0, 0];
-  for (let b = 0; b < nB; b++) {
-    let has = false, uses = 0;
-    for (let s = 0; s < nS; s++) {
+  for (let b = 0; b < view.p.length; b++) {
+    let reuses = null;
+    const costs = payload.costs[b], router = payload.router_costs?.[b] ?? 0;
+    for (let s = 0; s < payload.steps.length; s++) {
       const p = view.p[b][s];
       if (p === null || p === undefined) continue;
       const caching = (cfg.cache ?? true) && payload.steps[s].cache;
-      let a;
-      if ((cfg.skip ?? true) && p < tau) a = SKIP;
-      else if (caching && tau <= p && p <= tau + delta && has && uses < maxReuse) { a = REUSE; uses++; }
-      else { a = RUN; if (caching) { has = true; uses = 0; } }
-      action[b][s] = a;
-      counts[a]++; n++;
-      const costs = payload.costs[b];
+      const d = decide(cfg, p, view.width[b][s], caching, reuses);
+      if (d.action === REUSE) reuses++;
+      else if (d.action === RUN && caching) reuses = 0;
+      action[b][s] = d.action;
+      counts[d.action]++; n++;
       dense += costs[costs.length - 1];
-      if (a === RUN) {
-        const w = (cfg.width ?? true) ? view.width[b][s] : 1.0;
-        const i = widths.indexOf(w);
+      spent += router;
+      if (d.action === RUN) {
+        const i = widths.indexOf(d.width);
         spent += costs[i >= 0 ? i : costs.length - 1];
       }
     }

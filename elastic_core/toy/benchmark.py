@@ -44,14 +44,18 @@ class Size:
                                                        (0.5, 5, 0.1))
     random_seeds: int = 3
     grid_stride: int = 1  # use every n-th value of the knob grids on calibration scenes
+    knob_stride: int = 1  # the slider study (tau, delta, cache start) at every n-th value; 0: none
     budget: Budget = field(default_factory=Budget)
 
 
 SIZES = {
     "full": Size(),
+    # what two shared CPU cores finish in about an hour: half the scenes, fewer settings tried
+    "medium": Size(scenes=8, calib=8, refine=2, fb_grid=((2, 0.0), (3, 0.0), (3, 0.2)),
+                   edit_grid=((0.05, 3, 0.3), (0.5, 3, 0.1), (0.5, 5, 0.1)), knob_stride=2),
     "quick": Size(sets=2, scenes=1, calib=1, ref_steps=3, hi_steps=4, step_counts=(2, 3), targets=(0.5,),
                   refine=1, fewer=(2,), static_levels=(1,), fb_grid=((2, 0.0),), edit_grid=((0.05, 3, 0.3),), random_seeds=1,
-                  grid_stride=3, budget=Budget(steps=2, batch=2, bank=2)),
+                  grid_stride=3, knob_stride=0, budget=Budget(steps=2, batch=2, bank=2)),
 }
 
 

@@ -1,13 +1,13 @@
 """CLI commands of the toy world: `demo` (the README's main job), `train` (routers), `toy-build`."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
 
-from ..bench import write_json
+from ..results import write_json
 from ..train import TrainConfig
 
 ROUTER_LR = 3e-3
@@ -15,7 +15,10 @@ E2E_OBJECTIVE = "anchored"  # the documented end-to-end mode (measured best, REA
 
 
 def _demo(args) -> int:
+    import torch
+
     from .demo import format_demo, run_demo
+    torch.set_num_threads(args.threads)  # a tiny model: extra threads only fight over a shared CPU
     r = run_demo(samples=3 if args.quick else args.samples, steps=6 if args.quick else args.steps, out_dir=args.out)
     print(format_demo(r))
     write_json(os.path.join(args.out, "demo.json"), r)
@@ -33,18 +36,11 @@ def _progress(every: int):
 
 
 def _train_comfy(args) -> int:
-    """A ComfyUI model: its API-format workflow (with Train Elastic Router) runs in that ComfyUI's Python."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "nodes", "headless.py")
-    if not os.path.isfile(script):
-        print(f"error: {script} not found; run from the pack's folder (ComfyUI/custom_nodes/...)", file=sys.stderr)
-        return 2
-    if not (args.comfyui and args.workflow):
-        print("error: training a ComfyUI model needs both --comfyui PATH and --workflow API.json", file=sys.stderr)
-        return 2
-    cmd = [args.python, script, "--comfyui", args.comfyui, "--workflow", args.workflow]
-    cmd += [x for d in args.extra_nodes for x in ("--extra-nodes", d)] + (["--cpu"] if args.cpu else [])
-    return subprocess.call(cmd)
+    """The engine never imports or launches ComfyUI: ComfyUI models train with ComfyUI's own Python."""
+    print("error: routers for a ComfyUI model train inside ComfyUI (the Train Elastic Router node), or from a "
+          "terminal with that ComfyUI's Python:\n  python <this pack>/elastic_dit_comfy.py train --comfyui PATH "
+          "--workflow API.json [--extra-nodes DIR] [--cpu]", file=sys.stderr)
+    return 2
 
 
 def _train_config(args) -> TrainConfig:
@@ -83,8 +79,8 @@ def _train(args) -> int:
     print(f"wrote {args.out} (routers) and {args.out}.state (resume with --resume)")
     if args.end_to_end:  # the backbone trained too: the routers belong to this copy of it
         dit = os.path.splitext(args.out)[0] + ".dit.safetensors"
-        P.save_dit(model.eval(), dit)
-        print(f"wrote {dit} (the fine-tuned toy DiT; resume with --dit {dit} --end-to-end --resume {args.out}.state)")
+        P.save_dit(model.eval(), dit, quantize=False)  # fp32: int8 rows would add their own error to the tuning
+        print(f"wrote {dit} (the fine-tuned toy DiT, fp32; resume with --dit {dit} --end-to-end --resume {args.out}.state)")
     return 0
 
 
@@ -111,6 +107,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="3 samples, 6 steps (the test suite's form)")
     p.add_argument("--out", default="demo-output", help="folder for grid.png, heatmap.png, demo.json")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this tiny model on a "
+                   "busy CPU; 2 threads on 2 shared cores ran the demo about 8x slower)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("train", help="train routers (on the toy model; ComfyUI models: the Train Elastic Router node)")
     p.add_argument("--steps", type=int, default=400)
@@ -137,12 +135,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--teacher", default=None, help="with --objective anchored: the frozen DiT to distil from "
                    "(default: the shipped one, also when --dit resumes a tuned copy)")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in the backward pass")
-    p.add_argument("--comfyui", default=None, help="train a ComfyUI model instead: that ComfyUI's folder, with "
-                   "--workflow, an API-format workflow holding Train Elastic Router")
-    p.add_argument("--workflow", default=None, help="with --comfyui: the workflow (Workflow > Export (API))")
-    p.add_argument("--python", default=sys.executable, help="with --comfyui: the Python that runs that ComfyUI")
-    p.add_argument("--extra-nodes", action="append", default=[], help="with --comfyui: more custom-node folders")
-    p.add_argument("--cpu", action="store_true", help="with --comfyui: run ComfyUI on the CPU")
+    p.add_argument("--comfyui", default=None, help="(ComfyUI models: see elastic_dit_comfy.py; this says how)")
+    p.add_argument("--workflow", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
     p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 90 minutes on 1 core)")

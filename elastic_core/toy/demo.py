@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..config import ElasticConfig
-from ..heatmap import payload, render
+from ..heatmap import payload, picture
 from ..png import write_png
 from .metrics import psnr
 from .pipeline import generate, load_dit, load_toy_routers
@@ -49,7 +49,7 @@ def wall_ratio(dense_fn, elastic_fn, repeats: int) -> dict:
 
 
 def run_demo(samples: int = 8, steps: int = 20, out_dir: str = "demo-output", seed: int = 0,
-             config: ElasticConfig | None = None, repeats: int = 3) -> dict:
+             config: ElasticConfig | None = None, repeats: int = 5) -> dict:
     torch.manual_seed(seed)
     model, ckpt = load_dit(), load_toy_routers()
     config = config or ckpt.meta.elastic_config()
@@ -79,8 +79,7 @@ def run_demo(samples: int = 8, steps: int = 20, out_dir: str = "demo-output", se
     grid = np.concatenate([np.concatenate([_to_rgb(x) for x in row], axis=1)
                            for row in (dense_imgs, fast_imgs, true_imgs)], axis=0)
     write_png(os.path.join(out_dir, "grid.png"), grid)
-    heat = render(payload(last), 0, cell=(16, 12))
-    write_png(os.path.join(out_dir, "heatmap.png"), heat.repeat(2, 0).repeat(2, 1))
+    write_png(os.path.join(out_dir, "heatmap.png"), picture(payload(last)))
     return {"rows": rows, "steps": steps, "config": config.to_dict(), "out_dir": out_dir, "wall": wall,
             "repeats": repeats, "guidance": model.cfg.guidance, "threads": torch.get_num_threads()}
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from ..checkpoint import RouterMeta, load_routers, save_routers
 from ..config import ElasticConfig
 from ..reference import double_run_fn
+from ..policy import PlanPolicy, Policy, in_window
 from ..router import RouterSet
 from ..runner import ElasticRun, run_stack
 from ..train import TrainConfig
@@ -113,7 +114,16 @@ def dense_stack(model: ToyDiT, skip: frozenset[int] = frozenset()) -> StackFn:
 
 def elastic_run(model: ToyDiT, routers: RouterSet, config: ElasticConfig, steps: int, plan=None) -> ElasticRun:
     """The one place a toy run is made; `plan(step, block) -> (action, width) | None` forces decisions."""
-    return ElasticRun(routers, model.specs(), config, steps, plan=plan)
+    policy = PlanPolicy(config, plan) if plan is not None else Policy(config)
+    return ElasticRun(routers, model.specs(), policy, steps)
+
+
+def begin_step_fn(run: ElasticRun):
+    """The host side of the cache window: t runs from 1 (noise) to 0, so a step lies at 1 - t of the
+    noise schedule."""
+    def begin(step: int, t: float) -> None:
+        run.begin_step(step, t, in_window(run.config, 1.0 - t))
+    return begin
 
 
 def elastic_stack(model: ToyDiT, run: ElasticRun, guided_rows: bool) -> StackFn:
@@ -156,6 +166,6 @@ def generate(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: in
     run = elastic_run(model, routers, config or ElasticConfig(), steps, plan) if routers is not None else None
     stack = dense_stack(model) if run is None else elastic_stack(model, run, g != 1.0)
     t0 = time.perf_counter()
-    out = sample_with(model, tokens, noise, steps, stack, g, None if run is None else run.begin_step)
+    out = sample_with(model, tokens, noise, steps, stack, g, None if run is None else begin_step_fn(run))
     wall = time.perf_counter() - t0
     return out, (run.finish() if run else None), wall

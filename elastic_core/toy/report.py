@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 
-from ..bench import machine_info
 from . import suite as S
 from .benchmark import MATCH, SIZES, Bench, at_compute, frontier
 from .pipeline import DIT_FILE, load_dit, load_toy_routers
@@ -17,7 +16,9 @@ EDIT = "E-DiT ({})"
 
 
 def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-artifacts",
-                  objectives: tuple[str, ...] = OBJECTIVES, log=print) -> dict:
+                  objectives: tuple[str, ...] = OBJECTIVES, log=print, progress=None) -> dict:
+    """Every method's curve; `progress(result so far)` is called after each method (partial saves)."""
+    progress = progress or (lambda r: None)
     t0 = time.perf_counter()
     sz = SIZES[size]
     base = load_dit()
@@ -31,11 +32,13 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     c["dense, fewer steps"] = S.dense_curve(b)
     c["FBCache"], res["settings"]["FBCache"] = S.fbcache_curve(b)
     c["TeaCache"], res["settings"]["TeaCache"] = S.teacache_curve(b)
+    progress(res)
     variants, outs, cfgs = {}, {}, {}
     for obj in objectives:
         variants[obj] = art.edit(obj, sz.budget)
         cfgs[obj] = S.edit_settings(b, variants[obj], config)
         c[EDIT.format(obj)], outs[obj] = S.edit_curve(b, variants[obj], cfgs[obj], EDIT.format(obj))
+        progress(res)
     res["settings"]["E-DiT"] = {obj: cfg.to_dict() for obj, cfg in cfgs.items()}
     best = max(objectives, key=lambda o: S.matched_row(c[EDIT.format(o)])["psnr"])
     res["best_objective"] = best
@@ -48,7 +51,8 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     c["static pruned (trained)"], c["static pruned (untrained)"] = S.static_curves(b, art, order, static_obj)
     res["settings"]["static"] = {"order": order, "objective": static_obj}
     res["shipped"] = shipped_point(b, ckpt, base)
-    if size == "full":
+    progress(res)
+    if sz.knob_stride:
         res["knobs"] = S.knob_study(b, variants[best], cfgs[best])
     res["matched"] = {name: S.matched_row(pts) for name, pts in c.items()}
     res["targets"] = judge(res)
@@ -66,8 +70,12 @@ def shipped_point(b: Bench, ckpt, base) -> dict:
 
 
 def machine_info_cpu() -> dict:
+    import platform
+
     import torch
-    return machine_info(torch.device("cpu"))
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": "cpu"}
 
 
 def combo_gain(c: dict, best: str) -> dict:
@@ -125,34 +133,10 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(res: dict, path: str) -> str | None:
-    """PSNR and true-render PSNR against compute, one line per method with the set range. Needs matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for ax, key, label in ((axes[0], "psnr", "PSNR vs dense 20-step output (dB)"),
-                           (axes[1], "true_psnr", "PSNR vs closest true render (dB)")):
-        for name, pts in res["curves"].items():
-            pts = sorted(pts, key=lambda p: p["compute"])
-            xs = [p["compute"] for p in pts]
-            ys = [p[key] for p in pts]
-            err = np.array([[p[key] - p[key + "_range"][0], p[key + "_range"][1] - p[key]] for p in pts]).T
-            ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, lw=1.2, label=name,
-                        ls="--" if "plan" in name or "untrained" in name else "-")
-        ax.set_xlabel("compute (fraction of dense at 20 steps)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("E-DiT and baselines on the toy DiT (bars: lowest and highest test set)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def plot(res: dict, path: str) -> str:
+    """The curves as a PNG (plot.py draws them). -> path"""
+    from .plot import plot as draw
+    return draw(res, path)
 
 
 __all__ = ["run_benchmark", "format_report", "plot", "Bench"]

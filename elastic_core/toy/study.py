@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ..bench import write_json
+from ..results import write_json
 from . import methods as M
 from .metrics import psnr
 from .pipeline import DIT_FILE, TOY_DEFAULTS, load_dit

@@ -171,7 +171,8 @@ def knob_study(b: Bench, v: Variant, config: ElasticConfig) -> dict:
         return {"compute": o.compute, "psnr": b.calib_psnr(o)}
     sweeps = {"tau": [round(0.02 * i, 2) for i in range(51)], "delta": [round(0.025 * i, 3) for i in range(21)],
               "cache_start": [round(0.05 * i, 2) for i in range(21)]}
-    out = {k: [dict({k: x}, **point(config.with_(**{k: x}))) for x in xs] for k, xs in sweeps.items()}
+    n = b.size.knob_stride
+    out = {k: [dict({k: x}, **point(config.with_(**{k: x}))) for x in xs[::n]] for k, xs in sweeps.items()}
     for k in sweeps:
         cs = [p["compute"] for p in out[k]]
         out[k + "_largest_step"] = float(max(abs(a - c) for a, c in zip(cs, cs[1:])))

@@ -6,9 +6,12 @@ from torch import nn
 from .base import BlockRef, FamilyAdapter
 from .chroma import ChromaAdapter
 from .flux import FluxAdapter
+from .hunyuan3d import Hunyuan3D2Adapter
+from .hunyuan3d_2_1 import Hunyuan3D21Adapter
 from .qwen_image import QwenImageAdapter
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (QwenImageAdapter(), FluxAdapter(), ChromaAdapter())
+ADAPTERS: tuple[FamilyAdapter, ...] = (QwenImageAdapter(), FluxAdapter(), ChromaAdapter(), Hunyuan3D2Adapter(),
+                                       Hunyuan3D21Adapter())
 
 
 class UnsupportedFamily(ValueError):
@@ -20,20 +23,17 @@ def supported_families() -> list[str]:
 
 
 def adapter_for(dm: nn.Module) -> FamilyAdapter:
+    name = f"{type(dm).__module__}.{type(dm).__name__}"
     for a in ADAPTERS:
         if a.matches(dm):
-            return a
-    raise UnsupportedFamily(
-        f"Elastic DiT does not support this model ({type(dm).__module__}.{type(dm).__name__}); "
-        f"supported families: {', '.join(supported_families())}")
+            why = a.refusal(dm)
+            if why is None:
+                return a
+            name = f"{name}: {why}"
+            break
+    raise UnsupportedFamily(f"Elastic DiT does not support this model ({name}); "
+                            f"supported families: {', '.join(supported_families())}")
 
 
-def adapter_by_family(family: str) -> FamilyAdapter:
-    for a in ADAPTERS:
-        if a.family == family:
-            return a
-    raise UnsupportedFamily(f"unknown model family {family!r}; supported: {', '.join(supported_families())}")
-
-
-__all__ = ["ADAPTERS", "BlockRef", "FamilyAdapter", "UnsupportedFamily", "adapter_for", "adapter_by_family",
+__all__ = ["ADAPTERS", "BlockRef", "FamilyAdapter", "UnsupportedFamily", "adapter_for",
            "supported_families"]

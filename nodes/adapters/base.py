@@ -34,6 +34,10 @@ class FamilyAdapter:
     def matches(self, dm: nn.Module) -> bool:
         return isinstance(dm, self.model_classes)
 
+    def refusal(self, dm: nn.Module) -> str | None:
+        """Why this adapter's model class holds a model it cannot serve (a variant of another layout), or None."""
+        return None
+
     # -- what the model has ----------------------------------------------------------------------
     def blocks(self, dm: nn.Module) -> list[BlockRef]:
         raise NotImplementedError
@@ -63,6 +67,14 @@ class FamilyAdapter:
         """The hook args for a subset of rows: batch-first tensors are sliced, the rest kept."""
         return {k: (v.index_select(0, rows) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == batch
                     and batch > 1 else v) for k, v in args.items()}
+
+    # -- hooks beyond the block hooks ------------------------------------------------------------
+    def extra_hooks(self, m, patch) -> None:
+        """Further sanctioned hooks this family needs on the clone `m` (a ModelPatcher), called once
+        its block hooks and twins for `patch` are in place. Default: none.
+
+        For a model whose block-hook contract differs from the usual one (args carry
+        `transformer_options`; the hook returns a dict of streams), e.g. Hunyuan3D 2.1."""
 
     def call(self, ref: BlockRef, args: dict, original: Callable[[dict], dict], x: Streams,
              rows: Tensor | None, batch: int) -> Streams:

@@ -38,6 +38,18 @@ class FluxAdapter(FamilyAdapter):
     model_classes = (comfy.ldm.flux.model.Flux,)
     inplace = True
 
+    def refusal(self, dm) -> str | None:
+        """Flux.2 shares this class (v0.8+) but modulates all blocks from one global vector (the hook's
+        `vec` is a tuple of modulations, not a vector) and runs SwiGLU MLPs: not supported yet."""
+        params = getattr(dm, "params", None)
+        if getattr(params, "global_modulation", False) or getattr(params, "yak_mlp", False):
+            return "a Flux.2-type model (global modulation), which Elastic DiT does not support yet"
+        try:
+            kind = _mlp_kind(dm.double_blocks[0].img_mlp)
+        except UnsupportedLayout as e:
+            return str(e)
+        return None if kind == "gelu" else f"a {kind} MLP, which Elastic DiT does not cut for Flux yet"
+
     def _dims(self, dm) -> tuple[int, int, bool]:
         mlp = dm.double_blocks[0].img_mlp
         gated = _mlp_kind(mlp) == "swiglu"

@@ -1,10 +1,28 @@
 // In-page helpers for tests/browser/test_widget_e2e.py, evaluated once per page as `window.__edt`.
-// Works with the ComfyUI frontends 1.27 (ComfyUI v0.3.64) and 1.35 (v0.8.0).
+// Works with the ComfyUI frontends 1.27 (ComfyUI v0.3.64), 1.35 (v0.8.0), 1.49 (v0.33.0) and 1.58.
+// Node ids: numbers up to 1.35; strings in the live graph from 1.4x on (numbers still in the saved JSON),
+// so ids are compared as strings throughout.
 (() => {
+  // Console warnings and errors raised while the pack's own code is on the stack (a deprecated frontend
+  // API it calls warns from inside the frontend, so the message's URL alone would not name the pack).
+  const PACK_URL = "/extensions/comfyui-elastic-dit/";
+  const fromPack = [];
+  for (const level of ["warn", "error"]) {
+    const orig = console[level];
+    console[level] = function (...args) {
+      const stack = new Error().stack || "";
+      if (stack.includes(PACK_URL)) {
+        fromPack.push({ level, text: args.map((a) => (typeof a === "string" ? a : String(a))).join(" ").slice(0, 500),
+                        stack: stack.split("\n").slice(2, 10).join(" | ") });
+      }
+      return orig.apply(this, args);
+    };
+  }
+
   const app = () => window.comfyAPI?.app?.app || window.app;
   const api = () => window.comfyAPI?.api?.api || app().api;
   const nodes = () => app().graph._nodes || app().graph.nodes;
-  const byId = (id) => app().graph.getNodeById(id);
+  const byId = (id) => app().graph.getNodeById(id) ?? nodes().find((n) => String(n.id) === String(id));
   const widget = (node, name) => node.widgets?.find((w) => w.name === name);
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const frames = (n) => new Promise((r) => { const f = (k) => (k ? requestAnimationFrame(() => f(k - 1)) : r()); f(n); });
@@ -15,11 +33,49 @@
   window.__edt = {
     ready() {
       const a = app();
-      return !!(a?.graph && window.LiteGraph?.registered_node_types?.ElasticDiTApply &&
-                a.extensions?.some((e) => e.name === "elastic_dit.heatmap") && a.canvas);
+      const ok = !!(a?.graph && window.LiteGraph?.registered_node_types?.ElasticDiTApply &&
+                    a.extensions?.some((e) => e.name === "elastic_dit.heatmap") && a.canvas);
+      // LiteGraph (frontend 1.4x and later) says each deprecation once per page; from here on, every time, so
+      // that the pack's use of one is seen even where the frontend's own code said it first.
+      if (ok && "alwaysRepeatWarnings" in window.LiteGraph) window.LiteGraph.alwaysRepeatWarnings = true;
+      return ok;
     },
 
     registered(type) { return !!window.LiteGraph.registered_node_types[type]; },
+
+    fromPack() { return fromPack; },
+
+    frontendVersion() { return window.__COMFYUI_FRONTEND_VERSION__ ?? null; },
+
+    // "Modern Node Design (Nodes 2.0)", the frontend's opt-in DOM rendering of nodes (setting
+    // Comfy.VueNodes.Enabled, off by default): switch it as the settings dialog does. null: no such setting.
+    async setNodes2(on) {
+      const s = app().extensionManager?.setting;
+      if (!s?.get || s.get("Comfy.VueNodes.Enabled") === undefined) return null;
+      await s.set("Comfy.VueNodes.Enabled", on);
+      await sleep(800);
+      await frames(4);
+      return s.get("Comfy.VueNodes.Enabled");
+    },
+
+    // A node drawn by Nodes 2.0: its slider thumbs (screen centres, values) in widget order, and whether the
+    // heatmap element sits inside it.
+    nodes2Knobs(nodeId) {
+      const el = document.querySelector(`[data-node-id="${nodeId}"]`);
+      const thumbs = el ? [...el.querySelectorAll("[role=slider]")] : [];
+      return { node: !!el, heatmap: !!el?.querySelector("div.elastic-dit-heatmap"),
+               sliders: thumbs.map((t) => { const r = t.getBoundingClientRect();
+                 return { x: r.left + r.width / 2, y: r.top + r.height / 2, value: Number(t.getAttribute("aria-valuenow")) }; }) };
+    },
+
+    // The frontend's own list of model files the graph names but this server lacks (frontend 1.4x and
+    // later draw those loaders with a red outline): [{node, widget, name}], or null where it keeps none.
+    missingModels() {
+      const pinia = document.getElementById("vue-app")?.__vue_app__?.config?.globalProperties?.$pinia;
+      const store = pinia?._s?.get?.("missingModel");
+      if (!store) return null;
+      return (store.missingModelCandidates ?? []).map((c) => ({ node: String(c.nodeId), widget: c.widgetName, name: c.name }));
+    },
 
     // Load a workflow file the way a drop does (app.handleFile), else through loadGraphData.
     async loadWorkflow(text, name) {
@@ -29,17 +85,33 @@
       } else {
         await a.loadGraphData(JSON.parse(text), true, true, name);
       }
+      // The drop opens the file in a tab of its own; wait until that graph is the one shown (a template the
+      // frontend opens at start-up may still be arriving), then until the missing-model flags have settled.
+      const want = JSON.parse(text).nodes.map((n) => String(n.id)).sort().join(",");
+      const shown = () => nodes().map((n) => String(n.id)).sort().join(",");
+      const settled = () => {
+        const mm = this.missingModels();
+        if (mm === null) return true;
+        const listed = new Set(mm.map((m) => m.node));
+        return nodes().every((n) => !listed.has(String(n.id)) || n.has_errors);
+      };
+      for (let t0 = performance.now(); performance.now() - t0 < 10_000 && !(shown() === want && settled());) await sleep(100);
       await sleep(700);
       await frames(3);
+      const choices = (w) => { const v = w.options?.values; return Array.isArray(v) ? v : typeof v === "function" ? v() : null; };
       const g = nodes().map((n) => ({
-        id: n.id, type: n.type, registered: !!window.LiteGraph.registered_node_types[n.type],
+        id: String(n.id), type: n.type, registered: !!window.LiteGraph.registered_node_types[n.type],
         has_errors: !!n.has_errors,
+        // combo widgets whose value is not among this server's choices: a model file that is not here
+        missingFiles: (n.widgets || []).filter((w) => w.type === "combo" && typeof w.value === "string" &&
+                                                  Array.isArray(choices(w)) && !choices(w).includes(w.value))
+                                       .map((w) => [w.name, w.value]),
         widgets: (n.widgets || []).filter((w) => w.serialize !== false).map((w) => ({ name: w.name, type: w.type, value: w.value })),
         serialized: n.type.startsWith("ElasticDiT") ? n.serialize().widgets_values : null,
       }));
       const dialogs = [...document.querySelectorAll(".p-dialog, [role=dialog]")]
         .filter((d) => d.offsetParent !== null).map((d) => d.innerText.slice(0, 500));
-      return { nodes: g, dialogs };
+      return { nodes: g, dialogs, shownIsFile: shown() === want, missingModels: this.missingModels() };
     },
 
     async closeDialogs() {
@@ -48,7 +120,7 @@
       return [...document.querySelectorAll(".p-dialog, [role=dialog]")].filter((d) => d.offsetParent !== null).length;
     },
 
-    firstOfType(type) { return nodes().find((n) => n.type === type)?.id ?? null; },
+    firstOfType(type) { const n = nodes().find((x) => x.type === type); return n ? String(n.id) : null; },
 
     // The end-to-end graph, built in the UI as a user would (LiteGraph nodes, links, widget values).
     async buildGraph(opts) {
@@ -80,7 +152,7 @@
       set(latent, "width", opts.size); set(latent, "height", opts.size);
       set(apply, "cache_start_percent", 0);
       a.graph.setDirtyCanvas(true, true);
-      return { apply: apply.id, ks: ks.id, stats: stats.id, preview: preview.id, applySizeAtCreation,
+      return { apply: String(apply.id), ks: String(ks.id), stats: String(stats.id), preview: String(preview.id), applySizeAtCreation,
                applyComputedSize: apply.computeSize ? [...apply.computeSize()] : null };
     },
 
@@ -129,17 +201,30 @@
         view: s?.view ?? null,
         options: [...(root?.querySelectorAll("select option") || [])].map((o) => ({ value: o.value, text: o.textContent })),
         selected: root?.querySelector("select")?.value ?? null,
+        selectFit: (() => {  // the view selector's box against its longest label (truncation shows as "uncond · sample (")
+          const sel = root?.querySelector("select");
+          if (!sel || !sel.options.length) return null;
+          const ctx = document.createElement("canvas").getContext("2d");
+          ctx.font = getComputedStyle(sel).font;
+          const text = Math.max(...[...sel.options].map((o) => ctx.measureText(o.textContent).width));
+          return { box: sel.clientWidth, text };
+        })(),
+        marks: ["tau", "delta", "max_reuse", "cache_start_percent", "cache_end_percent"].map((n) => {
+          const w = widget(node, n);  // what a preset did to the slider: greyed, and its label
+          return w ? { name: n, value: w.value, disabled: !!w.disabled, label: w.label ?? null } : null; }),
+        preset: widget(node, "preset")?.value ?? null,
         knobs: ["tau", "delta", "max_reuse"].map((n) => { const w = widget(node, n);
           return w ? { name: n, type: w.type, value: w.value, options: { min: w.options?.min, max: w.options?.max,
                        step: w.options?.step, step2: w.options?.step2, round: w.options?.round }, callback: typeof w.callback } : null; }),
       };
     },
 
-    // Move a knob as the frontend does on a slider drag: set the value, fire the widget's callback.
+    // Move a knob through the widget's own setter, the one its slider drag, click and arrow keys end in
+    // (1.27 and later): it stores the value, fires the widget's callback and tells the node and graph.
     async setKnob(applyId, name, value) {
       const node = byId(applyId), w = widget(node, name);
-      w.value = value;
-      w.callback?.call(w, value, app().canvas, node, [0, 0], undefined);
+      if (typeof w.setValue !== "function") throw new Error(`${name}: this frontend's widget has no setValue()`);
+      w.setValue(value, { e: undefined, node, canvas: app().canvas });
       await frames(2);
       return this.widgetState(applyId);
     },
@@ -150,8 +235,7 @@
       for (const [name, v] of Object.entries(values)) {
         const w = widget(node, name);
         if (!w || w.value === v) continue;
-        w.value = v;
-        try { w.callback?.call(w, v, app().canvas, node, [0, 0], undefined); } catch (e) { /* reported by the test */ }
+        try { w.setValue(v, { e: undefined, node, canvas: app().canvas }); } catch (e) { /* reported by the test */ }
       }
       await frames(2);
     },
@@ -159,7 +243,8 @@
     async serialized(applyId) {
       const g = app().graph.serialize();
       const text = JSON.stringify(g);
-      const applyNode = g.nodes.find((n) => n.id === applyId);
+      const applyNode = g.nodes.find((n) => String(n.id) === String(applyId));
+      if (!applyNode) throw new Error(`node ${applyId} is not in the saved graph (ids ${g.nodes.map((n) => n.id)})`);
       const prompt = await app().graphToPrompt();
       const out = prompt.output ?? prompt;
       return { bytes: text.length, apply: applyNode, applyBytes: JSON.stringify(applyNode).length,

@@ -9,9 +9,11 @@ Every wait is bounded; the browser may talk to nothing but the server on 127.0.0
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +23,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+import numpy as np
 
 from devtools.comfy_boot import find_comfyui, version
 
@@ -36,6 +40,29 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
 SERVER_START_S = 120
 VIEWPORT = {"width": 1600, "height": 1000}
+FRONTEND_ENV = "ELASTIC_DIT_FRONTEND_ROOT"
+
+
+def frontend_override() -> tuple[str, str] | None:
+    """(static folder, version) of the frontend named by $ELASTIC_DIT_FRONTEND_ROOT, or None: the ComfyUI's own.
+
+    The variable names the frontend's static folder (the one holding index.html), or a folder a
+    `comfyui-frontend-package` wheel was unpacked into (`comfyui_frontend_package/static` inside it; its
+    `.dist-info` gives the version). A value that is neither is an error, not a silent fallback."""
+    root = os.environ.get(FRONTEND_ENV)
+    if not root:
+        return None
+    root = os.path.abspath(os.path.expanduser(root))
+    for static in (root, os.path.join(root, "comfyui_frontend_package", "static")):
+        if os.path.isfile(os.path.join(static, "index.html")):
+            break
+    else:
+        raise RuntimeError(f"${FRONTEND_ENV}={root}: no index.html there nor in comfyui_frontend_package/static under "
+                           "it; point it at a frontend's static folder or at an unpacked comfyui-frontend-package wheel")
+    holder = os.path.dirname(os.path.dirname(static))
+    infos = glob.glob(os.path.join(holder, "comfyui_frontend_package-*.dist-info"))
+    ver = os.path.basename(infos[0])[len("comfyui_frontend_package-"):-len(".dist-info")] if infos else "custom"
+    return static, ver
 
 
 def chromium_path() -> str | None:
@@ -58,7 +85,9 @@ def skip_reason() -> str | None:
                "install Debian's `chromium` package"
     if comfy is None:
         return how
-    skip_reason.found = f"ComfyUI {version(comfy)} at {comfy} (found via {how}); Chromium {chromium}"
+    fe = frontend_override()
+    frontend = f"frontend {fe[1]} from ${FRONTEND_ENV} ({fe[0]})" if fe else "the frontend it pins"
+    skip_reason.found = f"ComfyUI {version(comfy)} at {comfy} (found via {how}), {frontend}; Chromium {chromium}"
     return None
 
 
@@ -97,6 +126,9 @@ class ComfyServer:
     def __init__(self, comfy_dir: str):
         self.comfy_dir = comfy_dir
         self.version = version(comfy_dir)
+        self.frontend = frontend_override()  # (static folder, version) or None: the one ComfyUI pins
+        # names screenshots: "0.33.0", or "0.33.0-fe1.58.1" on a frontend other than the pinned one
+        self.label = self.version + (f"-fe{self.frontend[1]}" if self.frontend else "")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = tempfile.mkdtemp(prefix="elastic-dit-browser-")
@@ -104,10 +136,19 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self.links: list[str] = []  # symlinks made inside the ComfyUI checkout (fallback only), removed on stop
 
+    def _example_input(self) -> None:
+        """The image the image-to-3D workflow's Load Image names (input/example.png), as a user has it."""
+        from elastic_core.png import write_png
+        os.makedirs(os.path.join(self.base, "input"), exist_ok=True)
+        write_png(os.path.join(self.base, "input", "example.png"), np.full((64, 64, 3), 200, dtype=np.uint8))
+
     def _flags(self) -> list[str]:
+        self._example_input()
         with open(os.path.join(self.comfy_dir, "comfy", "cli_args.py")) as f:
             cli = f.read()
         flags = []
+        if self.frontend:
+            flags += ["--front-end-root", self.frontend[0]]
         if "--disable-auto-launch" in cli:
             flags.append("--disable-auto-launch")
         if "--base-directory" in cli:
@@ -234,3 +275,18 @@ def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"not a PNG (starts with {data[:8]!r})"
     assert data[12:16] == b"IHDR"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def pack_errors(b: Browser, since: int = 0) -> list[dict]:
+    """Console errors and page errors that concern this pack or a widget."""
+    pat = re.compile(r"elastic|widget", re.I)
+    return [m for m in b.console[since:] if m["type"] in ("error", "pageerror", "assert")
+            and (pat.search(m["text"]) or pat.search(m["url"]) or pat.search(m["stack"]))]
+
+
+def shot(b: Browser, name: str) -> str:
+    """A screenshot of the page, kept under tests/browser/artifacts/ (not committed)."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    b.page.screenshot(path=path)
+    return path

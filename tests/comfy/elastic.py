@@ -38,3 +38,12 @@ def identity_blocks(model, hooks):
 
 def last_record(model):
     return model.model_options["transformer_options"]["elastic_dit"].last_record
+
+
+def conds_rows(conds, rows):
+    """A [[context, extras], ...] cond list sliced to some batch rows."""
+    out = []
+    for ctx, extra in conds:
+        e = {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in extra.items()}
+        out.append([ctx[rows], e])
+    return out

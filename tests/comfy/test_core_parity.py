@@ -64,8 +64,8 @@ def test_comfy_path_equals_core_runner(env, kind):
 
     x = first[0]
     specs = [r.spec for r in pack.nodes.adapters.adapter_for(dm).blocks(dm)]
-    run = ec.runner.ElasticRun(ckpt.routers, specs, ec.config.ElasticConfig(cache=False, width=False), 2)
-    run.begin_step(0)
+    run = ec.runner.ElasticRun(ckpt.routers, specs, ec.policy.Policy(ec.config.ElasticConfig(cache=False, width=False)), 2)
+    run.begin_step(0, None, False)
     blocks = [_block_fn(kind, dm.get_submodule(r.path), x["vec"], x["pe"]) for r in refs]
     with torch.no_grad():
         out = ec.runner.run_stack(run, blocks, {"img": x["img"], "txt": x["txt"]}, x["vec"],

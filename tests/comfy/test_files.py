@@ -110,11 +110,20 @@ def _write_bad(kind, routers_dir, pack, el, tiny):
         torch.save(ckpt.routers.state_dict(), routers_dir / name)
     elif kind == "plain":
         save_file({"img_in.weight": torch.zeros(4, 4)}, str(path))
+    elif kind in ("ln_eps", "max_reuse"):  # metadata edited after saving, as a hand-edited file would be
+        save(str(path), ckpt.routers, ckpt.meta)
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        with safe_open(str(path), "pt") as f:
+            md = dict(f.metadata())
+        md["ln_eps" if kind == "ln_eps" else "defaults"] = "nan" if kind == "ln_eps" else '{"max_reuse": 2.5}'
+        save_file(load_file(str(path)), str(path), metadata=md)
     return name
 
 
 @pytest.mark.parametrize("kind,words", [
-    ("nan", ["NaN"]), ("truncated", ["truncated"]), ("pickle", ["pickle"]), ("plain", ["no E-DiT routers"])])
+    ("nan", ["NaN"]), ("truncated", ["truncated"]), ("pickle", ["pickle"]), ("plain", ["no E-DiT routers"]),
+    ("ln_eps", ["ln_eps", "finite"]), ("max_reuse", ["max_reuse", "whole number"])])
 def test_bad_router_files_refused_by_name(env, kind, words):
     nodes, pack, tiny, el, routers_dir, _ = env
     name = _write_bad(kind, routers_dir, pack, el, tiny)
@@ -156,3 +165,37 @@ def test_folder_is_registered(env):
     nodes, *_ = env
     paths = folder_paths.get_folder_paths("elastic_routers")
     assert any(p.endswith(os.path.join("models", "elastic_routers")) for p in paths)
+
+
+def test_fresh_install_gets_the_router_folder(env, tmp_path, monkeypatch):
+    """On a fresh ComfyUI the folder exists once the pack loads, so users see where router files go."""
+    import copy
+
+    import folder_paths
+    _, pack, *_ = env
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", copy.deepcopy(folder_paths.folder_names_and_paths))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    pack.nodes.files.register_folder()
+    assert os.path.isdir(tmp_path / "models" / "elastic_routers")
+    assert folder_paths.get_folder_paths("elastic_routers")[0] == str(tmp_path / "models" / "elastic_routers")
+
+
+def test_flux2_refused_at_apply_and_train(env):
+    """Flux.2 (v0.8+) uses Flux's class with global modulation and SwiGLU MLPs: refused with the
+    documented message before any sampling, not accepted as Flux and crashed mid-run."""
+    import dataclasses
+
+    import comfy.ldm.flux.model
+    nodes, pack, tiny, el, *_ = env
+    if "global_modulation" not in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+        pytest.skip("this ComfyUI has no Flux.2 (FluxParams.global_modulation)")
+    cfg = {**tiny.flux_config(), "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+           "guidance_embed": False, "vec_in_dim": None}
+    flux2 = tiny.build_from_config("flux", cfg)
+    ckpt = el.make_routers(pack, tiny.build("flux"))
+    with pytest.raises(ValueError, match="does not support this model.*Flux.2.*supported families"):
+        el.apply(nodes, flux2, ckpt)
+    train = nodes.NODE_CLASS_MAPPINGS["ElasticDiTTrainRouter"]()
+    pos, _ = tiny.conds("flux")
+    with pytest.raises(ValueError, match="does not support this model.*Flux.2"):
+        train.train(flux2, pos, {"samples": tiny.latent("flux")}, 1, 1e-3, 0.5, 0.6, "flux2-test", 0)

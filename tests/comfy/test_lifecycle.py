@@ -11,6 +11,8 @@ import torch
 
 # Binds `tests` to this repo's package before ComfyUI (which has a `tests` package too) is on sys.path.
 import tests.comfy  # noqa: F401,E402
+from tests.comfy.records import block_refs as _refs, event_rows as _rows
+from tests.router_probe import split_gate  # noqa: E402
 
 REUSE_BAND = 0.505  # in [tau, tau + delta] with the node's defaults tau 0.5, delta 0.015
 SKIP, REUSE, RUN = 0, 1, 2  # elastic_core.stats action codes (checked against the pack below)
@@ -26,22 +28,6 @@ def env(comfy):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-def _refs(pack, model):
-    dm = model.get_model_object("diffusion_model")
-    return pack.nodes.adapters.adapter_for(dm).blocks(dm)
-
-
-def _rows(rec):
-    """The record's events as dicts, stream names spelled out."""
-    cols = rec.events
-    out = []
-    for vals in zip(*cols.values()):
-        e = dict(zip(cols, vals))
-        e["stream"] = rec.streams[e["stream"]]
-        out.append(e)
-    return out
-
 
 def _per_row_actions(rec):
     """{(block, stream, sample): [action per model call, in order]}"""
@@ -152,40 +138,6 @@ def _capture_block_inputs(model, ref, sample_fn):
     return got["tokens"], got["vec"]
 
 
-@torch.no_grad()
-def _straddle(router, tokens, vec, samples, margin=8.0):
-    """Set the router's gate head so that rows of sample 0 get p << tau and rows of sample 1 p >> tau
-    (on these inputs). The trunk output h (mean over tokens) is read by probing the linear gate head."""
-    head = router.out[2]
-    hid = head.weight.shape[1]
-    head.bias.zero_()
-    cols = []
-    for j in range(hid):
-        head.weight.zero_()
-        head.weight[0, j] = 1.0
-        cols.append(router(tokens, vec).gate_logit)
-    h = torch.stack(cols, 1)  # [B, H]
-    s = torch.tensor(samples)
-    w = h[s == 1].mean(0) - h[s == 0].mean(0)
-    proj = h @ w
-    lo, hi = proj[s == 0].max(), proj[s == 1].min()
-    assert lo < hi, "cannot separate the two samples with a linear gate (test setup)"
-    scale = 2 * margin / (hi - lo)
-    head.weight.copy_((w * scale).unsqueeze(0))
-    head.bias.fill_(float(-(lo + hi) / 2 * scale))
-    logits = router(tokens, vec).gate_logit
-    assert ((logits < -margin / 2) == (s == 0)).all() and ((logits > margin / 2) == (s == 1)).all()
-
-
-def _conds_rows(pos, rows):
-    """Slice a [[context, extras]] cond list to some batch rows."""
-    out = []
-    for ctx, extra in pos:
-        e = {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for k, v in extra.items()}
-        out.append([ctx[rows], e])
-    return out
-
-
 @pytest.mark.parametrize("kind,cfg", [("flux", 3.5), ("flux", 1.0), ("qwen", 3.5), ("qwen", 1.0)])
 def test_batch_rows_equal_each_sample_alone(env, kind, cfg):
     import comfy.sample
@@ -198,15 +150,15 @@ def test_batch_rows_equal_each_sample_alone(env, kind, cfg):
     pos, neg = tiny.conds(kind, batch=2, seed=3)
 
     def run(m, rows=slice(0, 2)):
-        return comfy.sample.sample(m, noise[rows], steps, cfg, "euler", "simple", _conds_rows(pos, rows),
-                                   _conds_rows(neg, rows), lat[rows], seed=0, disable_pbar=True)
+        return comfy.sample.sample(m, noise[rows], steps, cfg, "euler", "simple", el.conds_rows(pos, rows),
+                                   el.conds_rows(neg, rows), lat[rows], seed=0, disable_pbar=True)
 
     straddled, narrow, band = (1, 2, 3) if kind == "flux" else (1, 2, 0)
     tokens, vec = _capture_block_inputs(model, refs[straddled], run)
     rows_per_sample = 2 if cfg > 1 else 1  # batch holds [uncond rows; cond rows] with cfg > 1
     samples = [r % 2 for r in range(2 * rows_per_sample)]
     ckpt = el.make_routers(pack, model)
-    _straddle(ckpt.routers[straddled], tokens, vec, samples)
+    split_gate(ckpt.routers[straddled], tokens, vec, samples)
     el.force(ckpt.routers[narrow], width_idx=1)
     el.force(ckpt.routers[band], p=REUSE_BAND)
     patched = el.apply(nodes, model, ckpt, cache_start_percent=0.0)

@@ -1,5 +1,5 @@
-"""`elastic-dit train --comfyui ... --workflow ...`: a ComfyUI model trained from the command line, by
-that ComfyUI's own executor running an API-format workflow (the tiny Flux model comes from the
+"""`python elastic_dit_comfy.py train --comfyui ... --workflow ...`: a ComfyUI model trained from the command
+line, by that ComfyUI's own executor running an API-format workflow (the tiny Flux model comes from the
 browser test's helper nodes, standing in for loader nodes and model files)."""
 import json
 import os
@@ -27,10 +27,9 @@ def _prompt(filename, steps=4):
 
 
 def _cli(comfy_path, workflow):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "elastic_core.cli", "train", "--comfyui", comfy_path, "--workflow", str(workflow),
-           "--extra-nodes", HELPERS, "--cpu"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, os.path.join(ROOT, "elastic_dit_comfy.py"), "train", "--comfyui", comfy_path,
+           "--workflow", str(workflow), "--extra-nodes", HELPERS, "--cpu"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_cli_trains_a_comfyui_model_through_its_workflow(comfy, tmp_path):

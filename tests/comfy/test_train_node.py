@@ -74,8 +74,11 @@ def test_trained_file_loads_in_apply_and_cuts_compute(env):
         assert "Elastic" not in type(mod).__name__, f"{name} is still a twin"
 
 
-def test_gate_moves_toward_rho_g_and_resume_goes_on(env):
+def test_gate_moves_toward_rho_g_and_resume_goes_on(env, monkeypatch):
     nodes, pack, tiny, el, routers_dir = env
+    import comfy.utils
+    if hasattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL"):  # 0.33 throttles progress to 10 per second:
+        monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0)  # see every step here
     model = _model(tiny)
     pos, _, lat = _inputs(tiny, model)
     import comfy.model_management

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
-EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json", "flux-dev-train-router.json"}
+EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json", "flux-dev-train-router.json", "hunyuan3d-elastic.json"}
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # never reach the server
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}  # everything else is a socket
@@ -30,6 +30,8 @@ FILE_INPUTS = {
     ("DualCLIPLoader", "clip_name1"): "text_encoders",
     ("DualCLIPLoader", "clip_name2"): "text_encoders",
     ("VAELoader", "vae_name"): "vae",
+    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
+    ("LoadImage", "image"): "input",  # ComfyUI/input/, not under models/
     ("ElasticDiTRouterLoader", "router_name"): "elastic_routers",  # or diffusion_models/<released checkpoint>
 }
 RELEASED_PREFIX = "diffusion_models/"
@@ -96,6 +98,11 @@ def _has_control(name, typ, opts):
     return bool(opts.get("control_after_generate")) or (typ == "INT" and name in ("seed", "noise_seed"))
 
 
+def _has_upload(opts):
+    """An image_upload combo gets an upload button after it, saved as the value "image"."""
+    return bool(opts.get("image_upload"))
+
+
 def _options(typ, opts):
     return typ if isinstance(typ, list) else opts.get("options", [])
 
@@ -103,7 +110,7 @@ def _options(typ, opts):
 def _bind(node, cls):
     """[(name, type, options, value, control value or None)]: widgets_values matched to the widgets."""
     widgets = [(n, t, o) for n, t, o in _specs(cls) if _is_widget(t, o)]
-    want = sum(1 + _has_control(n, t, o) for n, t, o in widgets)
+    want = sum(1 + _has_control(n, t, o) + _has_upload(o) for n, t, o in widgets)
     values = node["widgets_values"]
     assert isinstance(values, list) and len(values) == want, (
         f"node {node['id']} {node['type']}: {len(values)} widgets_values {values!r}, but the frontend makes "
@@ -111,6 +118,8 @@ def _bind(node, cls):
     out, it = [], iter(values)
     for n, t, o in widgets:
         out.append((n, t, o, next(it), next(it) if _has_control(n, t, o) else None))
+        if _has_upload(o):
+            assert next(it) == "image", f"node {node['id']} {node['type']}: the upload widget's value"
     return out
 
 
@@ -235,7 +244,7 @@ def test_elastic_wiring(wf):
     (stats,) = [n for n in wf["nodes"] if n["type"] == "ElasticDiTStats"]
     assert [i["name"] for i in apply["inputs"]] == ["model", "router"]
     assert src[(apply["id"], "router")]["type"] in ("ElasticDiTRouterLoader", "ElasticDiTTrainRouter")
-    assert src[(apply["id"], "model")]["type"] in ("UNETLoader", "ModelSamplingAuraFlow")
+    assert src[(apply["id"], "model")]["type"] in ("UNETLoader", "ModelSamplingAuraFlow", "ImageOnlyCheckpointLoader")
     sampler = src[(stats["id"], "samples")]
     assert sampler["type"] == "KSampler" and src[(sampler["id"], "model")] is apply
     assert src[(stats["id"], "model")] is apply
@@ -318,7 +327,8 @@ def test_note_says_where_every_file_goes(wf, mappings):
     entries = _file_entries(wf, classes)
     assert entries
     for n, _, folder, name in entries:
-        assert f"models/{folder}/{name}" in text, f"the Note does not say models/{folder}/{name}"
+        where = f"input/{name}" if folder == "input" else f"models/{folder}/{name}"
+        assert where in text, f"the Note does not say {where}"
     released = [v for n, i, f, v in entries if n["type"] == "ElasticDiTRouterLoader" and f == "diffusion_models"]
     unets = {v for n, i, f, v in entries if n["type"] == "UNETLoader"}
     assert all(r in unets for r in released), "a released checkpoint's routers come with that same model file"
@@ -332,6 +342,8 @@ def test_comfy_validation_fails_only_on_absent_model_files(wf, mappings):
     for node_id, info in node_errors.items():
         for e in info["errors"]:
             name = (e.get("extra_info") or {}).get("input_name")
+            if info["class_type"] == "LoadImage" and e["type"] == "custom_validation_failed":
+                continue  # LoadImage checks that its file exists itself ("Invalid image file")
             assert e["type"] == "value_not_in_list" and (info["class_type"], name) in FILE_INPUTS, \
                 f"node {node_id} {info['class_type']}: {e['message']}: {e['details']}"
 
@@ -343,7 +355,9 @@ def test_comfy_validation_passes_with_the_model_files_present(wf, mappings, tmp_
     from safetensors.torch import save_file
 
     classes = _classes(wf, mappings)
-    for folder in {f for _, _, f, _ in _file_entries(wf, classes)}:
+    (tmp_path / "input").mkdir()
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    for folder in {f for _, _, f, _ in _file_entries(wf, classes)} - {"input"}:
         paths, exts = folder_paths.folder_names_and_paths[folder]
         monkeypatch.setitem(folder_paths.folder_names_and_paths, folder, ([str(tmp_path / folder)] + list(paths), exts))
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})

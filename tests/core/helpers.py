@@ -5,6 +5,7 @@ import torch
 
 from elastic_core.config import ElasticConfig, RouterConfig
 from elastic_core.reference import RefDoubleBlock, double_run_fn, randomize_
+from elastic_core.policy import Policy, in_window
 from elastic_core.router import Router, RouterSet
 from elastic_core.runner import ElasticRun, run_stack
 
@@ -39,10 +40,15 @@ def force(router: Router, p=None, width_idx=None):
 
 def start(blocks, routers, num_steps=1, **cfg):
     specs = [b.spec(n) for b, n in zip(blocks, routers.block_names)]
-    return ElasticRun(routers, specs, ElasticConfig(**cfg), num_steps=num_steps)
+    return ElasticRun(routers, specs, Policy(ElasticConfig(**cfg)), num_steps=num_steps)
+
+
+def begin(run, index, sigma=None):
+    """Step `index` of a uniform schedule: its percent of the schedule is index / num_steps."""
+    run.begin_step(index, sigma, in_window(run.config, index / run.num_steps))
 
 
 def step(run, blocks, img, txt, vec, index=0, row_keys=None):
-    run.begin_step(index)
+    begin(run, index)
     out = run_stack(run, [double_run_fn(b, vec) for b in blocks], {"img": img, "txt": txt}, vec, row_keys=row_keys)
     return out["img"], out["txt"]

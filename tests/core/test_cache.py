@@ -3,7 +3,11 @@ import torch
 
 from elastic_core.reference import plain_stack
 from elastic_core.stats import REUSE, RUN
-from tests.core.helpers import force, inputs, make_stack, start, step
+from elastic_core.config import ElasticConfig
+from elastic_core.runner import ElasticRun
+from elastic_core.policy import Policy
+from tests.core.helpers import begin, force, inputs, make_stack, start, step
+from tests.router_probe import split_width
 
 BAND = 0.505  # inside [tau, tau + delta] = [0.5, 0.515]
 
@@ -103,8 +107,8 @@ def test_shape_change_invalidates_residual():
     assert torch.equal(oi, plain_stack(blocks, img2, txt, vec)[0])
 
 
-def test_in_place_block_needs_clone_inputs():
-    """A host block that adds into its input in place: with clone_inputs the residual is right."""
+def test_in_place_block_residual_is_right():
+    """A host block that adds into its input in place (inplace=True): the residual is right."""
     blocks, routers, run = _one_block_run(k=5)
     img, txt, vec = inputs()
 
@@ -114,12 +118,51 @@ def test_in_place_block_needs_clone_inputs():
         return {"img": x["img"], "txt": ot}
 
     for s in range(2):
-        run.begin_step(s)
+        begin(run, s)
         x = {"img": img.clone(), "txt": txt.clone()}
-        out = run.block(0, x, vec, inplace, clone_inputs=True)
+        out = run.block(0, x, vec, inplace, inplace=True)
     ref = plain_stack(blocks, img, txt, vec)[0]
     assert run.record.events["action"] == [RUN, REUSE]
     assert torch.allclose(out["img"], ref, atol=1e-6)
+
+
+def _inplace_fn(block, vec):
+    """A Flux-like host block: adds into the image stream it is given and returns that tensor."""
+    def run(x, rows, width):
+        v = vec if rows is None else vec.index_select(0, rows)
+        oi, ot = block(x["img"], x["txt"], v, width)
+        x["img"].copy_(oi)
+        return {"img": x["img"], "txt": ot}
+    return run
+
+
+def test_in_place_block_rows_with_different_widths_cache_their_residuals():
+    """Rows of one call that run at different widths run as separate groups on row copies; an in-place
+    block changes those copies, and the residual each row caches must still be out - in (not 0)."""
+    blocks, routers = make_stack(1)
+    specs = [blocks[0].spec("double_blocks.0")]
+    img, txt, vec = inputs(b=2)
+    keys = [("cond", 0), ("cond", 1)]
+
+    def run_steps(rows):
+        run = ElasticRun(routers, specs, Policy(ElasticConfig(delta=0.5, max_reuse=5, cache_start=0.0)), num_steps=2)
+        outs = []
+        for s in range(2):
+            begin(run, s)
+            x = {"img": img[rows].clone(), "txt": txt[rows].clone()}
+            outs.append(run.block(0, x, vec[rows], _inplace_fn(blocks[0], vec[rows]),
+                                  row_keys=[keys[r] for r in rows], inplace=True))
+        return outs[-1], run.finish()
+
+    force(routers[0], p=0.55)  # in the band [0.5, 1.0]: both rows run once, then reuse
+    split_width(routers[0], [txt, img], vec, [0, 1])  # row 0 at width 1/4, row 1 at full width
+    batch, rec = run_steps([0, 1])
+    first = rec.events["width"][:2]
+    assert first == [0.25, 1.0], f"test setup: rows should run at different widths, got {first}"
+    assert rec.events["action"][2:] == [REUSE, REUSE]
+    for row in (0, 1):
+        alone, _ = run_steps([row])
+        assert torch.allclose(batch["img"][row], alone["img"][0], atol=1e-5), (row, (batch["img"][row] - alone["img"][0]).abs().max())
 
 
 def test_cache_device_cpu_and_state_reset_on_finish():

@@ -373,3 +373,36 @@ def test_released_non_finite(tmp_path):
         b[0] = float("nan")
         return t | {"gate_mlps.2.img_mod.1.bias": b}
     raises(write_released(tmp_path / "m.safetensors", edit=edit), "NaN or Inf", "'gate_mlps.2.img_mod.1.bias'")
+
+
+@pytest.mark.parametrize("value,words", [("nan", ("ln_eps", "finite")), ("-1", ("ln_eps", "> 0")),
+                                         ("inf", ("ln_eps", "finite")), ("abc", ("ln_eps", "number"))])
+def test_bad_ln_eps_refused(tmp_path, value, words):
+    path = write_ours(tmp_path / "r.safetensors", metadata=lambda md: {**md, "ln_eps": value})
+    raises(path, *words)
+
+
+@pytest.mark.parametrize("defaults,word", [({"max_reuse": 2.5}, "max_reuse"), ({"max_reuse": True}, "max_reuse"),
+                                           ({"tau": float("nan")}, "tau"), ({"skip": "yes"}, "skip"),
+                                           ({"delta": "0.1"}, "delta")])
+def test_bad_defaults_refused(tmp_path, defaults, word):
+    path = write_ours(tmp_path / "r.safetensors",
+                      metadata=lambda md: {**md, "defaults": json.dumps({**json.loads(md["defaults"]), **defaults})})
+    raises(path, "invalid metadata", word)
+
+
+@pytest.mark.parametrize("target", [float("nan"), 1.5, "0.5"])
+def test_bad_targets_refused(tmp_path, target):
+    path = write_ours(tmp_path / "r.safetensors", metadata=lambda md: {**md, "targets": json.dumps({"rho_g": target})})
+    raises(path, "invalid metadata", "rho_g")
+
+
+def test_header_over_the_safetensors_limit_says_so(tmp_path):
+    path = tmp_path / "big.safetensors"
+    n = ck._MAX_HEADER + 8
+    with open(path, "wb") as f:  # a sparse file larger than its header, so the size check passes
+        f.write(struct.pack("<Q", n) + b"{")
+        f.seek(n + 64)
+        f.write(b"\0")
+    msg = raises(path, "exceeds", "100 MiB")
+    assert "larger than the file" not in msg

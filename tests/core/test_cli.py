@@ -1,6 +1,7 @@
 """The `elastic-dit` CLI: inspect, convert, error handling, the command list."""
 import json
 
+import pytest
 import torch
 
 from elastic_core.checkpoint import describe, import_released, load_routers
@@ -76,3 +77,10 @@ def test_every_command_is_listed(capsys):
     listed = capsys.readouterr().err
     for cmd in ("inspect", "convert", "bench", "demo", "train", "toy-build"):
         assert cmd in listed
+
+
+@pytest.mark.parametrize("argv", [["train", "--comfyui", "somewhere"], ["bench", "--comfy"]])
+def test_comfyui_commands_point_to_comfyuis_python(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("elastic_dit_comfy.py train" if argv[0] == "train" else "devtools/bench_comfy.py") in err, err

@@ -7,7 +7,7 @@ from elastic_core import heatmap
 from elastic_core.reference import double_run_fn
 from elastic_core.runner import run_stack
 from elastic_core.stats import REUSE, RUN, SKIP
-from tests.core.helpers import force, inputs, make_stack, start
+from tests.core.helpers import begin, force, inputs, make_stack, start
 
 
 def _record(steps=4, tau=0.5, delta=0.015, k=2):
@@ -17,7 +17,7 @@ def _record(steps=4, tau=0.5, delta=0.015, k=2):
     run = start(blocks, routers, num_steps=steps, cache_start=0.25, tau=tau, delta=delta, max_reuse=k)
     img, txt, vec = inputs(b=2)
     for s in range(steps):
-        run.begin_step(s, sigma=1 - s / steps)
+        begin(run, s, sigma=1 - s / steps)
         run_stack(run, [double_run_fn(b, vec) for b in blocks], {"img": img, "txt": txt}, vec,
                   row_keys=[("uncond", 0), ("cond", 0)])
     return run.finish()
@@ -38,25 +38,28 @@ def test_payload_grids_match_events():
 
 
 def test_what_if_reproduces_the_run_at_its_own_settings():
+    """Same decisions, and the record's executed compute, routers included (summed over the views)."""
     rec = _record()
     pl = heatmap.payload(rec)
-    for v in pl["views"]:
-        same = heatmap.what_if(v, pl["steps"], pl["costs"], pl["widths"], pl["config"], 0.5, 0.015, 2)
+    spent = dense = 0.0
+    for i, v in enumerate(pl["views"]):
+        same = heatmap.what_if(pl, i, 0.5, 0.015, 2)
         assert same["action"] == v["action"]
-    t = rec.totals()
-    same = heatmap.what_if(pl["views"][0], pl["steps"], pl["costs"], pl["widths"], pl["config"], 0.5, 0.015, 2)
-    assert abs(same["executed_fraction"] - (t["flops"]["exec_attn"] + t["flops"]["exec_mlp"])
-               / (t["flops"]["dense_attn"] + t["flops"]["dense_mlp"])) < 1e-9
+        n = sum(x is not None for row in v["p"] for x in row)
+        view_dense = n / len(v["p"]) * sum(c[-1] for c in pl["costs"])
+        spent += same["executed_fraction"] * view_dense
+        dense += view_dense
+    assert abs(spent / dense - rec.totals()["executed_fraction"]) < 1e-9
+    assert rec.flops["router"] > 0
 
 
 def test_what_if_moves_with_the_knobs():
     pl = heatmap.payload(_record())
-    v, args = pl["views"][0], (pl["steps"], pl["costs"], pl["widths"], pl["config"])
-    lower = heatmap.what_if(v, *args, 0.1, 0.015, 2)  # nothing below tau any more
-    assert lower["skipped"] == 0 and lower["executed_fraction"] > heatmap.what_if(v, *args, 0.5, 0.015, 2)["executed_fraction"]
-    no_band = heatmap.what_if(v, *args, 0.5, 0.0, 2)
+    lower = heatmap.what_if(pl, 0, 0.1, 0.015, 2)  # nothing below tau any more
+    assert lower["skipped"] == 0 and lower["executed_fraction"] > heatmap.what_if(pl, 0, 0.5, 0.015, 2)["executed_fraction"]
+    no_band = heatmap.what_if(pl, 0, 0.5, 0.0, 2)
     assert no_band["reused"] == 0
-    k1 = heatmap.what_if(v, *args, 0.5, 0.015, 1)
+    k1 = heatmap.what_if(pl, 0, 0.5, 0.015, 1)
     assert k1["action"][1] == [RUN, RUN, REUSE, RUN]
 
 
@@ -76,3 +79,30 @@ def test_step_column_and_header():
     assert col["step"] == 2 and col["cache"] and len(col["views"]) == 2
     assert col["views"][0]["action"][1] == REUSE
     assert heatmap.live_header(rec)["num_steps"] == 4
+
+
+def test_picture_has_names_axis_and_legend():
+    from elastic_core import font
+    pl = heatmap.payload(_record())
+    img = heatmap.picture(pl, 0, scale=1)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    text = np.array([int(heatmap.PALETTE["text"][i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+    label_w = font.text_width("x" * 18) + 6
+    head = 2 * (font.H + 4) + 2
+    for b in range(3):  # a block name in every row of the label column
+        rows = img[head + b * 8: head + b * 8 + font.H, :label_w]
+        assert (rows == text).all(-1).any(), f"no label for block {b}"
+    ink = (img == text).all(-1)
+    ramp_end = img.shape[1] - label_w  # the p ramp runs from label_w to here; "1" sits under its end
+    assert ink[-font.H - 2:, ramp_end - font.W:ramp_end].any(), "the legend's '1' is missing at the ramp's end"
+    assert not ink[:, -1].any() and not ink[-1].any(), "text touches the picture's edge (clipped)"
+    big = heatmap.picture(pl, 0)
+    assert big.shape[0] == 2 * img.shape[0] and big.shape[1] == 2 * img.shape[1]
+
+
+def test_font_draws_every_character_it_knows():
+    from elastic_core import font
+    img = np.zeros((font.H, font.text_width("AB"), 3), dtype=np.uint8)
+    font.draw_text(img, 0, 0, "ab", (255, 255, 255))
+    assert (img[:, :font.W] > 0).any() and (img[:, font.W + 1:] > 0).any()
+    assert all(g.shape == (font.H, font.W) for g in font.GLYPHS.values())

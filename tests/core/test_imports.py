@@ -32,3 +32,10 @@ def test_scanner_catches_a_comfy_import(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("import os\nfrom comfy.model_patcher import ModelPatcher\n")
     assert ("comfy" in {m for _, m in _imports(f)})
+
+
+def test_core_launches_no_process():
+    """The engine never starts ComfyUI (or anything else): ComfyUI-side commands run with ComfyUI's own
+    Python (elastic_dit_comfy.py, devtools/bench_comfy.py)."""
+    bad = [f"{p.name}:{ln}" for p in sorted(CORE.rglob("*.py")) for ln, mod in _imports(p) if mod == "subprocess"]
+    assert not bad, f"elastic_core imports subprocess: {bad}"

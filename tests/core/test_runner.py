@@ -117,3 +117,19 @@ def test_executed_compute_counts_skips_and_widths():
     assert f["exec_attn"] == 3 * spec.attn_flops(tokens)
     assert f["exec_mlp"] == 2 * spec.mlp_flops(tokens) + spec.mlp_flops(tokens, 0.5)
     assert f["router"] > 0
+
+
+def test_non_finite_router_output_is_an_error_naming_the_block():
+    blocks, routers = make_stack(3)
+    with torch.no_grad():
+        routers[1].out[2].bias.fill_(float("nan"))
+    img, txt, vec = inputs()
+    run = start(blocks, routers)
+    import pytest
+    with pytest.raises(FloatingPointError, match=r"block 1 \(double_blocks.1\).*NaN or Inf"):
+        step(run, blocks, img, txt, vec)
+    nan_input = img.clone()
+    nan_input[0, 0, 0] = float("inf")
+    blocks, routers = make_stack(2)
+    with pytest.raises(FloatingPointError, match=r"block 0 \(double_blocks.0\)"):
+        step(start(blocks, routers), blocks, nan_input, txt, vec)

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
+from elastic_core.heatmap import payload
 from elastic_core.stats import SCHEMA_VERSION, RunRecord
 from elastic_core.reference import double_run_fn
 from elastic_core.runner import run_stack
-from tests.core.helpers import force, inputs, make_stack, start
+from tests.core.helpers import begin, force, inputs, make_stack, start
 
 
 def _record():
@@ -17,7 +18,7 @@ def _record():
     img, txt, vec = inputs(b=2)
     keys = [("uncond", 0), ("cond", 0)]
     for s in range(2):
-        run.begin_step(s, sigma=1.0 - 0.5 * s)
+        begin(run, s, sigma=1.0 - 0.5 * s)
         run_stack(run, [double_run_fn(b, vec) for b in blocks], {"img": img, "txt": txt}, vec, row_keys=keys)
     return run.finish()
 
@@ -52,3 +53,16 @@ def test_bad_record_is_refused():
     d["version"] = 99
     with pytest.raises(ValueError, match="version 99"):
         RunRecord.from_dict(d)
+
+
+def test_json_is_strict():
+    """Non-finite numbers (a sigma of inf, an estimate with nothing executed) are written as null, never as
+    a bare Infinity / NaN, which JSON.parse in the browser rejects."""
+    rec = _record()
+    rec.steps[0] = float("inf")
+    rec.meta["note"] = float("nan")
+    d = json.loads(rec.to_json(), parse_constant=lambda c: pytest.fail(f"bare {c} in the record JSON"))
+    assert d["steps"][0]["sigma"] is None and d["meta"]["note"] is None
+    pl = payload(rec)
+    json.loads(json.dumps(pl, allow_nan=False))
+    assert pl["steps"][0]["sigma"] is None

@@ -83,7 +83,8 @@ def test_demo_quick_form_runs_and_writes_its_files(tmp_path):
     r = json.loads((out / "demo.json").read_text())
     assert len(r["rows"]) == 3
     for row in r["rows"]:
-        assert 0.0 < row["executed_fraction"] < 1.0 and row["psnr_db"] > 5 and row["true_psnr_db"] > 5
+        # compute counts the routers: a sample that skips nothing costs a little more than dense
+        assert 0.0 < row["executed_fraction"] < 1.1 and row["psnr_db"] > 5 and row["true_psnr_db"] > 5
     w = r["wall"]  # medians of interleaved runs and the spread of their ratios
     assert w["dense_s"] > 0 and w["elastic_s"] > 0 and w["ratio_range"][0] <= w["speedup"] * 1.0001
     for name in ("grid.png", "heatmap.png"):
@@ -114,7 +115,8 @@ def test_train_command_both_modes_and_resume(tmp_path):
         assert f.metadata()["step"] == "3"
     assert load_routers(out).meta.family == P.FAMILY
     e2e = str(tmp_path / "e.safetensors")
-    assert main(["train", "--steps", "2", "--out", e2e, "--end-to-end"]) == 0
+    assert main(["train", "--steps", "2", "--out", e2e, "--end-to-end", "--backbone-lr", "3e-3",
+                 "--backbone-warmup", "0"]) == 0
     tuned, shipped = P.load_dit(str(tmp_path / "e.dit.safetensors")), P.load_dit()
     assert any(not torch.allclose(a, b, atol=1e-3) for a, b in zip(tuned.state_dict().values(), shipped.state_dict().values()))
 
@@ -142,17 +144,22 @@ def test_train_command_ctrl_c_saves_what_was_trained(tmp_path):
 
 def test_end_to_end_training_stays_anchored_to_the_original_dit(tmp_path):
     """`train --end-to-end` tunes the DiT toward a target that does not move with it, so the tuned DiT
-    run dense still does what the original did. Two floors:
-    - one forward pass (the clean image each predicts from the same noised inputs) at >= 30 dB, an RMS
-      difference of 3 % of the pixel range: the same prediction (this run measured 37 dB; the
-      self-distilling trainer this replaced, 8 dB after the same 20 steps);
-    - sampled images at >= 20 dB: two samples of the same captions from other noise are 15 dB apart,
-      so the tuned DiT still draws the same pictures (measured 24 dB; the old trainer, 6 dB)."""
+    run dense still does what the original did. The run is short but hard (backbone lr 3e-4, no
+    warmup: three times the default), so that a moving target shows. Measured on the shipped toy DiT
+    after these 30 steps: one forward pass 23 dB from the original (the self-distilling trainer this
+    replaced, with the model itself as the teacher: 13 dB), 20-step samples 16 dB (the old one: 9 dB).
+    Floors with about 3 dB of room below the anchored figures, both far above the old trainer's:
+    - one forward pass (the clean image each predicts from the same noised inputs) >= 20 dB, an RMS
+      difference of 10 % of the pixel range;
+    - guided 20-step samples >= 13 dB. (Two samples of the same captions from other noise are about
+      15 dB apart, so this floor says the tuned DiT has not walked off, not that it draws the very
+      same pictures: a long end-to-end run still drifts, README, "Training end to end".)"""
     from elastic_core.cli import main
     from elastic_core.toy import pipeline as P
     from elastic_core.toy.metrics import psnr
     out = str(tmp_path / "e.safetensors")
-    assert main(["train", "--end-to-end", "--steps", "20", "--bank", "4", "--out", out]) == 0
+    assert main(["train", "--end-to-end", "--steps", "30", "--bank", "4", "--backbone-lr", "3e-4",
+                 "--backbone-warmup", "0", "--out", out]) == 0
     tuned, orig = P.load_dit(str(tmp_path / "e.dit.safetensors")), P.load_dit()
     x0, toks, _ = batch(16, np.random.default_rng(5), WorldSpec())
     x0, toks = torch.from_numpy(x0), torch.from_numpy(toks)
@@ -161,10 +168,10 @@ def test_end_to_end_training_stays_anchored_to_the_original_dit(tmp_path):
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * torch.randn(x0.shape, generator=g)
     with torch.no_grad():
         pred = [xt - t[:, None, None, None] * m(xt, t, toks) for m in (orig, tuned)]
-    assert psnr(*pred) >= 30.0, f"one forward pass of the tuned DiT drifted to {psnr(*pred):.1f} dB"
-    noise = torch.randn(4, 3, 32, 32, generator=g)
-    a, b = (P.generate(m, toks[:4], noise, 10)[0] for m in (orig, tuned))
-    assert psnr(a, b) >= 20.0, f"the tuned DiT's samples drifted to {psnr(a, b):.1f} dB from the original's"
+    assert psnr(*pred) >= 20.0, f"one forward pass of the tuned DiT drifted to {psnr(*pred):.1f} dB"
+    noise = torch.randn(8, 3, 32, 32, generator=g)
+    a, b = (P.generate(m, toks[:8], noise, 20)[0] for m in (orig, tuned))
+    assert psnr(a, b) >= 13.0, f"the tuned DiT's samples drifted to {psnr(a, b):.1f} dB from the original's"
 
 
 def test_the_anchored_target_does_not_move_with_the_student():

@@ -96,3 +96,29 @@ def test_quick_benchmark_measures_every_method(tmp_path):
     assert 0.0 <= r["shipped"]["near_tau"] <= 1.0
     json.dumps(r)
     assert "targets" in format_report(r)
+
+
+def test_every_knob_moves_compute_one_way_and_routers_are_counted():
+    """On two shipped-model scenes at 6 steps: a higher cache threshold or tau never spends more; E-DiT
+    with nothing skipped or reused costs more than dense (its routers count); fewer steps cost their
+    share exactly."""
+    from elastic_core.toy import methods as M
+    from elastic_core.toy import pipeline as P
+    model, ckpt = P.load_dit(), P.load_toy_routers()
+    scenes = M.SceneSet.make("t", 2, seed=3)
+    poly = M.teacache_fit(model, scenes, 6)
+
+    def computes(run, knobs):
+        return [run(k).compute for k in knobs]
+    fb = computes(lambda th: M.fbcache(model, scenes, 6, 6, th, cap=None), [0.0, 0.05, 0.3, 10.0])
+    tea = computes(lambda th: M.teacache(model, scenes, 6, 6, th, poly), [0.0, 0.1, 1.0, 100.0])
+    cfg = ckpt.meta.elastic_config().with_(cache=False)
+    edit = computes(lambda tau: M.elastic(model, ckpt.routers, cfg.with_(tau=tau), scenes, 6, 6), [0.0, 0.5, 1.0])
+    for name, cs in (("FBCache", fb), ("TeaCache", tea), ("E-DiT", edit)):
+        assert all(a >= b - 1e-9 for a, b in zip(cs, cs[1:])), (name, cs)
+        assert cs[0] > cs[-1], (name, cs)  # the knob does move compute
+    assert fb[0] == pytest.approx(1.0)  # threshold 0: every step runs in full
+    assert 1.0 < tea[0] < 1.01  # and TeaCache's probe of block 0's modulated input counts
+    assert 1.0 < edit[0] < 1.1, edit  # tau 0: every block at full width, plus the routers
+    assert edit[-1] < 0.1, edit  # tau 1: every block skipped, only the routers ran
+    assert M.dense(model, scenes, 3, 6).compute == 0.5

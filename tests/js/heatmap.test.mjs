@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { canvasHeightFor, cellAt, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
+import { canvasHeightFor, cellAt, decide, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
   from "../../web/heatmap.js";
 
 const PALETTE = { ramp: ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"], skip: "#000000", skip_alpha: 0.6,
@@ -62,6 +62,15 @@ test("legend: the ramp, tau marked where it lies, the estimate flagged", () => {
   assert.ok(ops.some((o) => o.op === "text" && o.t === "tau 0.25"));
 });
 
+test("legend on a narrow widget: the closing label stays inside; a dragged tau is shown rounded", () => {
+  const { ctx, ops } = recorder();
+  const width = 259;  // the canvas width the Apply node gives the widget at its default size
+  drawHeatmap(ctx, grid, { width, height: 200, tau: 0.7311475409836066, delta: 0.015, estimate: false });
+  const one = ops.find((o) => o.op === "text" && o.t === "1");
+  assert.ok(one && one.x + 7 <= width, `the ramp's "1" starts at ${one?.x}, past the ${width} px canvas`);
+  assert.ok(ops.some((o) => o.op === "text" && o.t === "tau 0.731"), ops.filter((o) => o.op === "text").map((o) => o.t));
+});
+
 test("ramp ends on the palette's first and last stops", () => {
   assert.equal(ramp(0, PALETTE), "rgb(68,1,84)");
   assert.equal(ramp(1, PALETTE), "rgb(253,231,37)");
@@ -114,6 +123,12 @@ test("what-if equals Python's on a recorded run", { skip: !process.env.ELASTIC_F
     assert.deepEqual(got.action, c.expected.action, JSON.stringify(c));
     for (const k of ["skipped", "reused", "executed_fraction"]) assert.ok(Math.abs(got[k] - c.expected[k]) < 1e-12, k);
   }
+});
+
+test("decide() is Python's Policy.decide", { skip: !process.env.ELASTIC_FIXTURE && "no ELASTIC_FIXTURE" }, () => {
+  const fx = JSON.parse(readFileSync(process.env.ELASTIC_FIXTURE, "utf8"));
+  assert.ok(fx.decide.length > 100);
+  for (const c of fx.decide) assert.deepEqual(decide(c.config, c.p, c.width, c.caching, c.reuses), c.expected, JSON.stringify(c));
 });
 
 test("the canvas grows with the block count: every row keeps at least 4 px", () => {

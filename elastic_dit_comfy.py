@@ -1,12 +1,12 @@
-"""Run a ComfyUI workflow (API format) without a server: how `elastic-dit train --comfyui ...` trains
-routers for a ComfyUI-loadable model from the command line.
+"""The ComfyUI side of the command line: run a workflow (API format) in a ComfyUI without its server,
+which is how routers for a ComfyUI-loadable model are trained from a terminal or a job queue.
 
-The workflow is the graph a user would queue (loaders, text encoders, Train Elastic Router, and
-anything else); ComfyUI's own loader, validator and executor run it, with this pack and ComfyUI's
-extra nodes loaded, so nothing of the Train node is re-implemented here. Run by the CLI as a script
-with the Python of that ComfyUI:
+    python elastic_dit_comfy.py train --comfyui PATH --workflow FILE [--extra-nodes DIR ...] [--cpu]
 
-    python nodes/headless.py --comfyui PATH --workflow FILE [--extra-nodes DIR ...] [--cpu]
+Run it with the Python of that ComfyUI (the engine's `elastic-dit` command never imports ComfyUI). The
+workflow is the graph a user would queue (loaders, text encoders, Train Elastic Router, and anything
+else); ComfyUI's own loader, validator and executor run it, with this pack and ComfyUI's extra nodes
+loaded, so nothing of the Train node is re-implemented here.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import os
 import sys
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACK_ROOT = os.path.dirname(HERE)
+PACK_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 class _Console:
@@ -47,17 +46,20 @@ def _read_prompt(path: str) -> dict:
     return data
 
 
-def _executor(execution, args):
-    """ComfyUI's executor with its default (classic) cache, built as each version's main.py builds it."""
+def _executor(execution):
+    """ComfyUI's executor with the classic cache (an output is dropped once nothing needs it: a one-shot run
+    wants no more), built as each version's main.py builds it for `--cache-classic`. The cache arguments
+    are given as numbers, not read from ComfyUI's command line: `--cache-ram` is one float up to 0.8 and a
+    list of up to two (active, inactive GB) in 0.33, which reads `ram` and `ram_inactive` with int()."""
     import inspect
     params = inspect.signature(execution.PromptExecutor).parameters
-    if "cache_args" in params:  # 0.4+
-        return execution.PromptExecutor(_Console(), cache_args={"lru": args.cache_lru, "ram": getattr(args, "cache_ram", 0)})
-    return execution.PromptExecutor(_Console(), cache_size=args.cache_lru)  # 0.3.x
+    if "cache_args" in params:  # 0.4+; "ram_inactive" is read from 0.33 on, ignored before
+        return execution.PromptExecutor(_Console(), cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
+    return execution.PromptExecutor(_Console(), cache_size=0)  # 0.3.x
 
 
 def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != HERE]  # this folder's modules must not shadow ComfyUI's
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p) != PACK_ROOT]  # the pack's nodes/ must not shadow ComfyUI's nodes.py
     sys.path.insert(0, comfyui)
     os.chdir(comfyui)
     import utils.extra_config  # noqa: F401  ComfyUI's `utils` package, imported first as its main.py does
@@ -67,7 +69,10 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     import nodes
 
     prompt = _read_prompt(workflow)
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)) or []
+    if "nodes_replacements.py" in failed:  # ComfyUI 0.33: it registers with the web server, which is not started here
+        logging.info("(nodes_replacements.py only registers node replacements with ComfyUI's web server, which a "
+                     "headless run does not start: not needed to run the workflow)")
     for d in [PACK_ROOT, *extra_nodes]:
         if not asyncio.run(nodes.load_custom_node(d)):
             raise SystemExit(f"ComfyUI could not load the custom nodes in {d} (see the log above)")
@@ -75,7 +80,7 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:
         raise SystemExit(f"{workflow}: the workflow does not validate: {json.dumps(valid[1])} {json.dumps(valid[3])}")
-    executor = _executor(execution, args)
+    executor = _executor(execution)
     executor.execute(prompt, prompt_id, {}, valid[2])
     if not executor.success:
         msgs = [m for m in executor.status_messages if m[0] in ("execution_error", "execution_interrupted")]
@@ -86,11 +91,13 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--comfyui", required=True)
-    p.add_argument("--workflow", required=True)
-    p.add_argument("--extra-nodes", action="append", default=[], help="more custom-node folders to load")
-    p.add_argument("--cpu", action="store_true")
+    p = argparse.ArgumentParser(prog="elastic_dit_comfy.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser("train", help="run an API-format workflow holding Train Elastic Router")
+    t.add_argument("--comfyui", required=True, help="the ComfyUI folder (run this script with its Python)")
+    t.add_argument("--workflow", required=True, help="the workflow, exported with Workflow > Export (API)")
+    t.add_argument("--extra-nodes", action="append", default=[], help="more custom-node folders to load")
+    t.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for d in a.extra_nodes:
