@@ -10,7 +10,6 @@ import time
 from ..results import write_json
 from ..train import TrainConfig
 
-ROUTER_LR = 3e-3
 E2E_OBJECTIVE = "anchored"  # the documented end-to-end mode (measured best, README)
 
 
@@ -74,7 +73,7 @@ def _train(args) -> int:
     if stop["asked"]:
         print(f"stopped at step {trainer.step} of {cfg.steps} (Ctrl-C); what was trained is saved")
     trainer.save(args.out + ".state")
-    defaults = dict(P.TOY_DEFAULTS, width=cfg.train_width)
+    defaults = dict(P.TOY_DEFAULTS)
     P.save_toy_routers(routers, cfg, args.out, objective=objective, defaults=defaults)
     print(f"wrote {args.out} (routers) and {args.out}.state (resume with --resume)")
     if args.end_to_end:  # the backbone trained too: the routers belong to this copy of it
@@ -94,8 +93,11 @@ def _build(args) -> int:
     model = train_dit(steps=args.dit_steps, progress=lambda i, loss: print(
         f"toy DiT step {i:>5}  loss {loss:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True) if i % 100 == 0 else None)
     P.save_dit(model, P.DIT_FILE)
-    cfg = TrainConfig(steps=args.router_steps, lr=ROUTER_LR, rho_g=0.5, rho_w=0.6, gate_noise=1.0)
-    routers, _ = train_routers(P.load_dit(), cfg, progress=_progress(50))
+    from .variants import Budget
+    budget = Budget(steps=args.router_steps)  # the benchmark's recipe for routers-only training
+    cfg = budget.train_config(end_to_end=False)
+    routers, _ = train_routers(P.load_dit(), cfg, seed=budget.seed, progress=_progress(50), batch_size=budget.batch,
+                               bank_size=budget.bank)
     P.save_toy_routers(routers, cfg, P.ROUTER_FILE)
     print(f"wrote {P.DIT_FILE} and {P.ROUTER_FILE}")
     return 0

@@ -120,5 +120,5 @@ def test_every_knob_moves_compute_one_way_and_routers_are_counted():
     assert fb[0] == pytest.approx(1.0)  # threshold 0: every step runs in full
     assert 1.0 < tea[0] < 1.01  # and TeaCache's probe of block 0's modulated input counts
     assert 1.0 < edit[0] < 1.1, edit  # tau 0: every block at full width, plus the routers
-    assert edit[-1] < 0.1, edit  # tau 1: every block skipped, only the routers ran
+    assert edit[-1] < 0.5, edit  # tau 1: only gates saturated at p = 1.0 still run
     assert M.dense(model, scenes, 3, 6).compute == 0.5
