@@ -53,7 +53,7 @@ SIZES = {
     # what two shared CPU cores finish in about an hour: half the scenes, fewer settings tried
     "medium": Size(scenes=8, calib=8, refine=2, fb_grid=((2, 0.0), (3, 0.0), (3, 0.2)),
                    edit_grid=((0.05, 3, 0.3), (0.5, 3, 0.1), (0.5, 5, 0.1)), knob_stride=2),
-    "quick": Size(sets=2, scenes=1, calib=1, ref_steps=3, hi_steps=4, step_counts=(2, 3), targets=(0.5,),
+    "quick": Size(sets=2, scenes=1, calib=1, ref_steps=3, hi_steps=4, step_counts=(1, 2, 3), targets=(0.5,),
                   refine=1, fewer=(2,), static_levels=(1,), fb_grid=((2, 0.0),), edit_grid=((0.05, 3, 0.3),), random_seeds=1,
                   grid_stride=3, knob_stride=0, budget=Budget(steps=2, batch=2, bank=2)),
 }

@@ -25,7 +25,9 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     b = Bench(sz, base, log)
     art = Artifacts(folder, DIT_FILE, log)
     ckpt = load_toy_routers()
-    config = ckpt.meta.elastic_config()
+    # E-DiT's curves run the routers as trained, width head on; the shipped file's defaults (width
+    # off) are measured as one more point, "shipped"
+    config = ckpt.meta.elastic_config().with_(width=True)
     res = {"size": size, "settings": {"router_file_defaults": config.to_dict(), "budget": vars(sz.budget)},
            "reference": S.reference_info(b), "curves": {}}
     c = res["curves"]
@@ -40,7 +42,7 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
         c[EDIT.format(obj)], outs[obj] = S.edit_curve(b, variants[obj], cfgs[obj], EDIT.format(obj))
         progress(res)
     res["settings"]["E-DiT"] = {obj: cfg.to_dict() for obj, cfg in cfgs.items()}
-    best = max(objectives, key=lambda o: S.matched_row(c[EDIT.format(o)])["psnr"])
+    best = max(objectives, key=lambda o: _score(c[EDIT.format(o)]))
     res["best_objective"] = best
     c["random plan"], c["fixed plan"] = S.control_curves(b, variants[best], cfgs[best], c[EDIT.format(best)], outs[best])
     for n in sz.fewer:
@@ -54,9 +56,52 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     progress(res)
     if sz.knob_stride:
         res["knobs"] = S.knob_study(b, variants[best], cfgs[best])
-    res["matched"] = {name: S.matched_row(pts) for name, pts in c.items()}
-    res["targets"] = judge(res)
     res["machine"], res["wall_s"] = machine_info_cpu(), time.perf_counter() - t0
+    return finalize(res)
+
+
+def _by_target(points: list[dict]) -> list[dict]:
+    """Points measured more than once at one target (random plans over seeds) averaged into one."""
+    groups: dict = {}
+    for p in points:
+        groups.setdefault(p.get("target", id(p)), []).append(p)
+    out = []
+    for ps in groups.values():
+        q = {k: float(np.mean([p[k] for p in ps])) for k in ("compute", "psnr", "ssim", "true_psnr")}
+        for k in ("psnr", "ssim", "true_psnr"):
+            q[k + "_range"] = [float(min(p[k + "_range"][0] for p in ps)), float(max(p[k + "_range"][1] for p in ps))]
+        out.append(q)
+    return out
+
+
+def matched(points: list[dict], x: float = MATCH) -> dict | None:
+    """A curve read at `x` compute, linear between its two points around x (a knob rarely lands on x
+    exactly, and committed gates make E-DiT's compute jump): mean, lowest and highest test set, and
+    the measured point nearest x. None when the curve does not reach across x."""
+    pts = _by_target(points)
+    row = {"compute": x}
+    for k in ("psnr", "ssim", "true_psnr"):
+        row[k] = at_compute(pts, x, k)
+        lo = at_compute([{"compute": p["compute"], "v": p[k + "_range"][0]} for p in pts], x, "v")
+        hi = at_compute([{"compute": p["compute"], "v": p[k + "_range"][1]} for p in pts], x, "v")
+        row[k + "_range"] = [lo, hi]
+    if row["psnr"] is None:
+        return None
+    near = min(pts, key=lambda p: abs(p["compute"] - x))
+    row["nearest"] = {"compute": near["compute"], "psnr": near["psnr"]}
+    return row
+
+
+def _score(points: list[dict]) -> float:
+    """PSNR at MATCH compute, or at the point nearest it when the curve does not reach across."""
+    row = matched(points)
+    return row["psnr"] if row else min(points, key=lambda p: abs(p["compute"] - MATCH))["psnr"]
+
+
+def finalize(res: dict) -> dict:
+    """The matched table and the targets, from the curves (also for a result file written earlier)."""
+    res["matched"] = {name: matched(pts) for name, pts in res["curves"].items()}
+    res["targets"] = judge(res)
     return res
 
 
@@ -92,20 +137,24 @@ def combo_gain(c: dict, best: str) -> dict:
 
 
 def judge(res: dict) -> list[dict]:
+    """The issue's targets: margins in dB at MATCH compute (curves read there), the combination's
+    largest frontier gain, and how decided the shipped gates are."""
     m, best = res["matched"], res["best_objective"]
-    e = m[EDIT.format(best)]["psnr"]
-    free = max(m["FBCache"]["psnr"], m["TeaCache"]["psnr"])
+
+    def psnr(name):
+        return m[name]["psnr"] if m.get(name) else float("nan")
+    e = psnr(EDIT.format(best))
+    free = max(psnr("FBCache"), psnr("TeaCache"))
     combo = combo_gain(res["curves"], best)
     near = res["shipped"]["near_tau"]
-    rows = [("best E-DiT >= 1 dB above every training-free baseline at 50 %", e - free, e - free >= 1.0),
-            ("best E-DiT >= 2 dB above the random plan at its rates", e - m["random plan"]["psnr"],
-             e - m["random plan"]["psnr"] >= 2.0),
-            ("best E-DiT >= 1 dB above the equally trained static model", e - m["static pruned (trained)"]["psnr"],
-             e - m["static pruned (trained)"]["psnr"] >= 1.0),
-            ("E-DiT + fewer steps frontier >= 0.5 dB above fewer steps in 30-70 %", combo["gain_db"],
-             combo["gain_db"] >= 0.5),
-            ("<= 10 % of gate probabilities within 0.05 of tau (shipped routers)", near, near <= 0.10)]
-    return [{"target": t, "value": float(v), "met": bool(ok)} for t, v, ok in rows] + [{"combo": combo}]
+    rows = [("best E-DiT >= 1 dB above every training-free baseline at 50 %", e - free, 1.0),
+            ("best E-DiT >= 2 dB above the random plan at its rates", e - psnr("random plan"), 2.0),
+            ("best E-DiT >= 1 dB above the equally trained static model", e - psnr("static pruned (trained)"), 1.0),
+            ("E-DiT + fewer steps frontier >= 0.5 dB above fewer steps in 30-70 %", combo["gain_db"], 0.5)]
+    out = [{"target": t, "value": float(v), "met": bool(v >= bar)} for t, v, bar in rows]
+    out.append({"target": "<= 10 % of gate probabilities within 0.05 of tau (shipped routers)", "value": float(near),
+                "met": bool(near <= 0.10)})
+    return out + [{"combo": combo}]
 
 
 def format_report(res: dict) -> str:
@@ -115,14 +164,13 @@ def format_report(res: dict) -> str:
              f"dense {r['ref_steps']} vs {r['hi_steps']} steps: PSNR {np.mean(r['psnr_ref_vs_hi']):.1f} dB; "
              f"against the true renders: {np.mean(r['true_psnr_ref']):.1f} dB ({r['ref_steps']} steps), "
              f"{np.mean(r['true_psnr_hi']):.1f} dB ({r['hi_steps']} steps)", "",
-             f"at ~{MATCH:.0%} compute (knob set on calibration scenes; range over test sets):",
-             f"{'method':<36} {'compute':>8} {'PSNR dB':>16} {'SSIM':>6} {'true dB':>8}"]
-    for name, x in sorted(res["matched"].items(), key=lambda kv: -kv[1]["psnr"] if kv[1] else 0):
-        if x is None:
-            continue
+             f"at {MATCH:.0%} compute, each curve read between its two points around it (range over test sets):",
+             f"{'method':<36} {'PSNR dB':>16} {'SSIM':>6} {'true dB':>8}   nearest measured point"]
+    for name, x in sorted(((n, x) for n, x in res["matched"].items() if x), key=lambda kv: -kv[1]["psnr"]):
         lo, hi = x["psnr_range"]
-        lines.append(f"{name:<36} {x['compute']:>8.1%} {x['psnr']:>6.2f} ({lo:5.2f}-{hi:5.2f}) {x['ssim']:>6.3f} "
-                     f"{x['true_psnr']:>8.2f}")
+        near = x["nearest"]
+        lines.append(f"{name:<36} {x['psnr']:>6.2f} ({lo:5.2f}-{hi:5.2f}) {x['ssim']:>6.3f} {x['true_psnr']:>8.2f}   "
+                     f"{near['psnr']:.2f} dB at {near['compute']:.1%}")
     lines += ["", "targets:"]
     for t in res["targets"]:
         if "target" in t:

@@ -136,21 +136,6 @@ def control_curves(b: Bench, v: Variant, config: ElasticConfig, pts: list[dict],
     return rnd, fix
 
 
-def matched_row(points: list[dict]) -> dict | None:
-    """A curve's matched-compute point (knob set on calibration for MATCH), if it has one."""
-    near = [p for p in points if p.get("target") == MATCH] or [
-        min(points, key=lambda p: abs(p["compute"] - MATCH))] if points else []
-    if not near:
-        return None
-    rows = near
-    keys = ("compute", "psnr", "ssim", "true_psnr")
-    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    out.update({k + "_range": [float(min(r[k + "_range"][0] for r in rows)), float(max(r[k + "_range"][1] for r in rows))]
-                for k in keys})
-    out["runs"] = len(rows)
-    return out
-
-
 def reference_info(b: Bench) -> dict:
     """How curved the sampling paths are (dense at the reference vs more steps) and how true."""
     hi = [M.dense(b.base, s, b.size.hi_steps, b.size.ref_steps).images for s in b.sets]
