@@ -104,7 +104,7 @@ def figure(res: dict) -> np.ndarray:
     rows = -(-len(curves) // cols)
     legend = np.full((rows * row_h + 44, 2 * PANEL[0], 3), 255, dtype=np.uint8)
     text(legend, 10, 6, f"toy DiT, {len(res['reference']['psnr_ref_vs_hi'])} test sets: mean, bars from the lowest "
-         "to the highest set; dashed: plans without routers, untrained static model", scale=1)
+         "to the highest set, dashed: plans without routers, untrained static model", scale=1)
     for i, name in enumerate(curves):
         x, y = 10 + (i % cols) * col_w, 26 + (i // cols) * row_h
         line(legend, (x, y + 7), (x + 28, y + 7), colors[name], 3, 6 if ("plan" in name or "untrained" in name) else 0)
