@@ -21,6 +21,7 @@ from ..router import RouterSet
 from ..runner import ElasticRun, run_stack
 from ..train import TrainConfig
 from .model import ToyConfig, ToyDiT, guided, sample
+from .training import new_routers  # noqa: F401  (public here as before; training lives in training.py)
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DIT_FILE = os.path.join(ASSETS, "toy_dit.safetensors")

@@ -130,7 +130,7 @@ def combo_gain(c: dict, best: str) -> dict:
     gaps = []
     for x in np.arange(0.30, 0.7001, 0.01):
         a, d = at_compute(combo, x), at_compute(dense, x)
-        if a is not None and d is not None:
+        if a is not None and d is not None and np.isfinite(a) and np.isfinite(d):
             gaps.append((float(a - d), float(x)))
     gain, where = max(gaps) if gaps else (float("nan"), float("nan"))
     return {"gain_db": gain, "at_compute": where}
