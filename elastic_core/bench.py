@@ -228,10 +228,14 @@ def add_parser(sub) -> None:
                    "(default bench-results/core.json, or comfy.json with --comfy)")
     p.add_argument("--comfy", action="store_true", help="(the ComfyUI benchmark: says how to run "
                    "devtools/bench_comfy.py with ComfyUI's Python)")
-    p.add_argument("--toy", action="store_true", help="the paper's ablation in miniature on the built-in toy model "
-                   "(dense, skip, +width, +cache, static and first-block-cache baselines at the same compute)")
-    p.add_argument("--samples", type=int, default=16, help="with --toy: test samples (complexity 0..1)")
-    p.add_argument("--steps", type=int, default=20, help="with --toy: sampling steps")
+    p.add_argument("--toy", action="store_true", help="quality against compute on the built-in toy model: E-DiT "
+                   "(three training modes) against fewer steps, FBCache, TeaCache, a trained static model and "
+                   "random / fixed plans; writes JSON and a PNG plot")
+    p.add_argument("--toy-size", choices=("quick", "medium", "full"), default="medium",
+                   help="with --toy: medium (3 x 8 scenes, the README's figures; about 1.5 h on 2 CPU cores, "
+                   "about 1 h once its trained variants are cached), full (3 x 16 scenes, hours) or quick (seconds, tests)")
+    p.add_argument("--artifacts", default="bench-results/toy-artifacts",
+                   help="with --toy: where the variants it trains are cached")
     p.set_defaults(func=_cmd)
 
 
@@ -253,8 +257,11 @@ def _cmd(args) -> int:
     if args.comfy:
         return _comfy(args)
     if args.toy:
-        from .toy.ablation import format_ablation, run_ablation
-        result = run_ablation(args.samples, args.steps)
-        return _report(args.out or "bench-results/toy.json", result, format_ablation(result))
+        from .toy.report import format_report, plot, run_benchmark
+        out = args.out or "bench-results/toy.json"
+        result = run_benchmark(args.toy_size, args.artifacts)
+        rc = _report(out, result, format_report(result))
+        print(f"wrote {plot(result, os.path.splitext(out)[0] + '.png')}")
+        return rc
     result = run_core_bench(args.size, args.device)
     return _report(args.out or "bench-results/core.json", result, format_core(result))

@@ -8,6 +8,7 @@ runs in training (masked, not sliced), so gradients reach every router:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -33,6 +34,21 @@ class TrainConfig:
     tau: float = 0.5
     end_to_end: bool = False  # train the backbone too (the paper); default: routers only
     grad_checkpoint: bool = False
+    backbone_lr: float | None = None  # end to end: the backbone's learning rate (None: lr)
+    backbone_warmup: int = 0  # end to end: the backbone's learning rate ramps up linearly over these steps
+    # Gate estimator. 0 / 1 / 1: the plain straight-through gate (eq. 7). gate_noise > 0 adds logistic
+    # noise to the gate logit in training (a Gumbel-sigmoid / hard-concrete style stochastic gate):
+    # a gate near tau then opens and closes at random, which costs loss, so training pushes it to
+    # commit. The temperature anneals geometrically from temperature_start to temperature_end.
+    gate_noise: float = 0.0
+    temperature_start: float = 1.0
+    temperature_end: float = 1.0
+    train_width: bool = True  # False: the width head is left out (every block trains at full width)
+
+    def temperature(self, step: int) -> float:
+        """The gate temperature at a training step (geometric from start to end over `steps`)."""
+        frac = min(max(step / max(self.steps - 1, 1), 0.0), 1.0)
+        return self.temperature_start * (self.temperature_end / self.temperature_start) ** frac
 
 
 @dataclass
@@ -43,9 +59,21 @@ class Aux:
     g_hard: list[Tensor]
 
 
-def gate(out: RouterOutput, tau: float) -> tuple[Tensor, Tensor]:
-    """Straight-through gate (eq. 7). -> g [B] (forward: 0/1), hard [B]"""
-    p = out.p
+def gate(out: RouterOutput, tau: float, noise: float = 0.0, temperature: float = 1.0,
+         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Straight-through gate (eq. 7). -> g [B] (forward: 0/1), hard [B]
+
+    noise > 0: logistic noise of that scale on the logit (training only); temperature divides the
+    noisy logit measured from tau's logit, so the decision stays `logit + noise >= logit(tau)`."""
+    if noise == 0.0 and temperature == 1.0:
+        p = out.p
+    else:
+        logit = out.gate_logit
+        if noise > 0.0:
+            u = torch.rand(logit.shape, generator=generator, dtype=logit.dtype).clamp(1e-6, 1 - 1e-6).to(logit.device)
+            logit = logit + noise * (u.log() - (-u).log1p())
+        t0 = math.log(tau / (1.0 - tau)) if 0.0 < tau < 1.0 else 0.0
+        p = torch.sigmoid((logit - t0) / temperature + t0)
     hard = (p >= tau).to(p.dtype)
     return hard + p - p.detach(), hard
 
@@ -65,13 +93,18 @@ def width_mask(out: RouterOutput, widths: Sequence[float], hidden: int) -> tuple
 
 def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: Sequence[int], x: Streams,
                     cond: Tensor, tau: float, router_tokens: Callable[[Streams], list[Tensor]],
-                    grad_checkpoint: bool = False) -> tuple[Streams, Aux]:
-    """The differentiable elastic stack: every block runs, masked; gates mix output and input."""
+                    grad_checkpoint: bool = False, noise: float = 0.0, temperature: float = 1.0,
+                    width: bool = True) -> tuple[Streams, Aux]:
+    """The differentiable elastic stack: every block runs, masked; gates mix output and input.
+    noise / temperature: the gate estimator (see `gate`); width False runs every block at full width."""
     aux = Aux([], [], [])
     for i, blk in enumerate(blocks):
         out = routers[i](router_tokens(x), cond)
-        g, hard = gate(out, tau)
-        m, r = width_mask(out, routers.config.widths, hidden[i])
+        g, hard = gate(out, tau, noise, temperature)
+        if width:
+            m, r = width_mask(out, routers.config.widths, hidden[i])
+        else:
+            m, r = torch.ones(g.shape[0], hidden[i], dtype=g.dtype, device=g.device), torch.ones_like(g)
         y = checkpoint(blk, x, m, use_reentrant=False) if grad_checkpoint else blk(x, m)
         x = {k: v + g.view(-1, *([1] * (v.dim() - 1))) * (y[k] - v) for k, v in x.items()}
         aux.p.append(out.p)
@@ -98,18 +131,30 @@ class RouterTrainer:
 
     def __init__(self, routers: RouterSet, cfg: TrainConfig, backbone: torch.nn.Module | None = None):
         self.routers, self.cfg, self.step = routers, cfg, 0
-        params = list(routers.parameters())
+        groups = [{"params": list(routers.parameters())}]
         if cfg.end_to_end and backbone is not None:
-            params += [p for p in backbone.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+            groups.append({"params": [p for p in backbone.parameters() if p.requires_grad],
+                           "lr": cfg.lr if cfg.backbone_lr is None else cfg.backbone_lr})
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr)
+        self.backbone_lr = groups[-1]["lr"] if len(groups) > 1 else None
         self.history: list[dict] = []
+
+    def gate_kw(self) -> dict:
+        """The gate estimator's settings at the current step, for the host's `elastic_forward` call."""
+        return {"noise": self.cfg.gate_noise, "temperature": self.cfg.temperature(self.step),
+                "width": self.cfg.train_width}
 
     def train_step(self, perf_and_aux: Callable[[], tuple[Tensor, Aux]]) -> dict:
         perf, aux = perf_and_aux()
         l_gate, l_width = budget_losses(aux, self.cfg.rho_g, self.cfg.rho_w)
+        if not self.cfg.train_width:
+            l_width = l_width.detach() * 0
         loss = perf + self.cfg.lam * (l_gate + l_width)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.backbone_lr is not None:  # Adam's first steps move every weight by ~lr: ramp the backbone in
+            ramp = min(1.0, (self.step + 1) / self.cfg.backbone_warmup) if self.cfg.backbone_warmup else 1.0
+            self.opt.param_groups[1]["lr"] = self.backbone_lr * ramp
         self.opt.step()
         self.step += 1
         run = torch.stack(aux.g_hard)

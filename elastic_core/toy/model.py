@@ -1,7 +1,11 @@
 """A small multi-modal DiT for the toy world: patch tokens and caption tokens through double-stream
-blocks (elastic_core.reference), trained with rectified flow. Small enough to train on a CPU.
+blocks (elastic_core.reference), trained with rectified flow as SD3 / Flux are. Small enough to train
+on a CPU.
 
-x_t = (1 - t) x_0 + t eps, the model predicts v = eps - x_0; sampling integrates t from 1 to 0.
+x_t = (1 - t) x_0 + t eps, the model predicts v = eps - x_0. Training draws t logit-normal and drops
+the caption (the all-PAD empty prompt) for a share of samples; sampling integrates t from 1 to 0 on
+the shifted schedule t' = s t / (1 + (s - 1) t) (SD3's timestep shift) with classifier-free guidance:
+v = v_uncond + g (v_cond - v_uncond), the two rows of one sample in one batch.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from torch import Tensor, nn
 
 from ..blocks import BlockSpec
 from ..reference import RefDoubleBlock
-from .world import VOCAB, WorldSpec
+from .world import PER_OBJECT, VOCAB, WorldSpec
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,15 @@ class ToyConfig:
     dim: int = 128
     heads: int = 4
     depth: int = 12
-    tokens: int = WorldSpec().tokens
+    caption: int = WorldSpec().tokens  # caption length in ints: background pair, then 7 per object
     vocab: int = VOCAB
+    shift: float = 3.0  # timestep shift of the sampling schedule
+    guidance: float = 4.0  # classifier-free guidance scale the model is sampled with
+
+    @property
+    def tokens(self) -> int:
+        """Text tokens the blocks see: one for the background, one per object (its 7 ints summed)."""
+        return 1 + (self.caption - 2) // PER_OBJECT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,10 +77,12 @@ class ToyDiT(nn.Module):
         return [blk.spec(f"blocks.{i}") for i, blk in enumerate(self.blocks)]
 
     def embed(self, x: Tensor, t: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: [B, 3, S, S], t: [B], tokens: [B, T] -> img [B, N, D], txt [B, T, D], vec [B, D]"""
+        """x: [B, 3, S, S], t: [B], tokens: [B, caption] -> img [B, N, D], txt [B, T, D], vec [B, D]"""
         p = self.cfg.patch
         img = self.img_in(rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)) + self.img_pos
-        txt = self.txt_in(tokens) + self.txt_pos
+        e = self.txt_in(tokens)  # [B, caption, D]: one token per background / object, its attributes summed
+        objs = rearrange(e[:, 2:], "b (n k) d -> b n k d", k=PER_OBJECT).sum(2)
+        txt = torch.cat([e[:, :2].sum(1, keepdim=True), objs], 1) + self.txt_pos
         return img, txt, self.t_in(timestep_embedding(t, 256))
 
     def head(self, img: Tensor, vec: Tensor) -> Tensor:
@@ -87,20 +100,39 @@ class ToyDiT(nn.Module):
         return self.head(img, vec)
 
 
-def flow_loss(model: ToyDiT, x0: Tensor, tokens: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Rectified-flow loss on a batch of clean images."""
+def flow_loss(model: ToyDiT, x0: Tensor, tokens: Tensor, generator: torch.Generator | None = None,
+              drop: float = 0.0) -> Tensor:
+    """Rectified-flow loss on a batch of clean images; t logit-normal (SD3); a share `drop` of captions
+    replaced by the empty one (PAD everywhere) so the model also learns the unconditional branch."""
     b = x0.shape[0]
-    t = torch.rand(b, generator=generator)
+    t = torch.sigmoid(torch.randn(b, generator=generator))
     eps = torch.randn(x0.shape, generator=generator)
+    if drop > 0:
+        keep = (torch.rand(b, generator=generator) >= drop)[:, None]
+        tokens = torch.where(keep, tokens, torch.zeros_like(tokens))
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * eps
     return F.mse_loss(model(xt, t, tokens), eps - x0)
 
 
+def schedule(steps: int, shift: float = 1.0) -> Tensor:
+    """[steps + 1] times from 1 to 0, shifted toward the noisy end: t' = s t / (1 + (s - 1) t)."""
+    t = torch.linspace(1.0, 0.0, steps + 1)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def guided(model_fn, x: Tensor, t: Tensor, tokens: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance, uncond and cond rows in one batch. model_fn(x [2B], t [2B], tokens [2B])."""
+    b = x.shape[0]
+    v = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.zeros_like(tokens), tokens]))
+    v_u, v_c = v[:b], v[b:]
+    return v_u + scale * (v_c - v_u)
+
+
 @torch.no_grad()
-def sample(velocity, noise: Tensor, steps: int, on_step=None) -> Tensor:
+def sample(velocity, noise: Tensor, steps: int, on_step=None, shift: float = 1.0) -> Tensor:
     """Euler from t = 1 (noise) to 0. velocity(x, t[B], step) -> v."""
     x = noise
-    ts = torch.linspace(1.0, 0.0, steps + 1)
+    ts = schedule(steps, shift)
     for i in range(steps):
         if on_step is not None:
             on_step(i, float(ts[i]))

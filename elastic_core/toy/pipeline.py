@@ -1,7 +1,7 @@
-"""The toy world end to end: train the toy DiT, train its routers, sample dense or elastic.
+"""The toy world's files and sampling: load / save the toy DiT and its routers; sample dense, elastic
+or with any other stack policy, on the model's shifted schedule with classifier-free guidance.
 
-The shipped files (assets/) are rebuilt by `elastic-dit toy-build`; `elastic-dit train` retrains the
-routers alone.
+The shipped files (assets/) are rebuilt by `elastic-dit toy-build`; training lives in training.py.
 """
 from __future__ import annotations
 
@@ -10,19 +10,18 @@ import os
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..checkpoint import RouterMeta, load_routers, save_routers
-from ..config import ElasticConfig, RouterConfig
+from ..config import ElasticConfig
 from ..reference import double_run_fn
 from ..policy import PlanPolicy, Policy, in_window
 from ..router import RouterSet
 from ..runner import ElasticRun, run_stack
-from ..train import Aux, RouterTrainer, TrainConfig, distill_loss, elastic_forward
-from .model import ToyConfig, ToyDiT, flow_loss, sample
-from .world import WorldSpec, batch
+from ..train import TrainConfig
+from .model import ToyConfig, ToyDiT, guided, sample
+from .training import new_routers  # noqa: F401  (public here as before; training lives in training.py)
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 DIT_FILE = os.path.join(ASSETS, "toy_dit.safetensors")
@@ -40,7 +39,8 @@ def load_dit(path: str = DIT_FILE) -> ToyDiT:
     _need(path)
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
-    cfg = ToyConfig(**{k: int(v) for k, v in meta.items() if k in ToyConfig.__dataclass_fields__})
+    types = {k: type(v) for k, v in ToyConfig().to_dict().items()}
+    cfg = ToyConfig(**{k: types[k](v) for k, v in meta.items() if k in types})
     model = ToyDiT(cfg)
     model.load_state_dict(_dequantize(load_file(path)))
     return model.eval()
@@ -68,73 +68,31 @@ def _dequantize(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in sd.items() if not k.endswith(_SCALE)}
 
 
-def train_dit(steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, cfg: ToyConfig = ToyConfig(),
-              progress: Callable[[int, float], None] | None = None) -> ToyDiT:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = ToyDiT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    for i in range(steps):
-        x, tok, _ = batch(batch_size, rng, WorldSpec(size=cfg.image))
-        loss = flow_loss(model, torch.from_numpy(x), torch.from_numpy(tok))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(i + 1, loss.item())
-    return model.eval()
-
-
-def save_dit(model: ToyDiT, path: str = DIT_FILE) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def save_dit(model: ToyDiT, path: str = DIT_FILE, quantize: bool = True) -> None:
+    """int8 rows (shipped) or, quantize False, fp32 (a working copy)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {k: str(v) for k, v in model.cfg.to_dict().items()}
-    save_file(_quantize(model.state_dict()), path, metadata=meta)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(_quantize(sd) if quantize else sd, path, metadata=meta)
 
 
-def new_routers(model: ToyDiT) -> RouterSet:
-    # a small router hidden size: the toy blocks are narrow (D = 64), and the router must stay cheap beside them
-    return RouterSet(RouterConfig(model.cfg.dim, hidden=16), [s.name for s in model.specs()]).init_full_capacity()
+# Inference defaults written into toy router files (ElasticConfig fields). The trained gates commit
+# (p near 0 or 1), so the wide reuse band catches the gates near 1 and the cache window's start sets
+# compute (about 56 % here); the width head is off: it cost quality at matched compute (README).
+TOY_DEFAULTS = {"tau": 0.5, "delta": 0.5, "max_reuse": 3, "cache_start": 0.2, "cache_end": 1.0, "width": False}
 
 
-def router_perf(model: ToyDiT, routers: RouterSet, rng: np.random.Generator, batch_size: int = 16):
-    """Dense-teacher distillation on toy conditionings, random noise and random timesteps."""
-    def perf_and_aux() -> tuple[torch.Tensor, Aux]:
-        x0, tok, _ = (torch.from_numpy(a) for a in batch(batch_size, rng, WorldSpec(size=model.cfg.image)))
-        t = torch.rand(batch_size)
-        xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * torch.randn_like(x0)
-        img, txt, vec = model.embed(xt, t, tok)
-        fns = [lambda s, m, b=b: dict(zip(("img", "txt"), b(s["img"], s["txt"], vec, m))) for b in model.blocks]
-        out, aux = elastic_forward(routers, fns, [b.hidden for b in model.blocks], {"img": img, "txt": txt}, vec,
-                                   0.5, lambda s: [s["txt"], s["img"]])
-        with torch.no_grad():
-            dense = model(xt, t, tok)
-        return distill_loss(model.head(out["img"], vec), dense), aux
-    return perf_and_aux
-
-
-def train_routers(model: ToyDiT, cfg: TrainConfig = TrainConfig(), seed: int = 0, routers: RouterSet | None = None,
-                  resume: str | None = None, progress=None, should_stop=None) -> tuple[RouterSet, RouterTrainer]:
-    torch.manual_seed(seed)
-    model.requires_grad_(cfg.end_to_end)
-    routers = routers or new_routers(model)
-    trainer = RouterTrainer(routers, cfg, backbone=model)
-    if resume:
-        trainer.resume(resume)
-    trainer.fit(router_perf(model, routers, np.random.default_rng(seed + trainer.step)),
-                steps=cfg.steps - trainer.step, progress=progress, should_stop=should_stop)
-    return routers, trainer
-
-
-def save_toy_routers(routers: RouterSet, cfg: TrainConfig, path: str = ROUTER_FILE, notes: str = "") -> None:
-    meta = RouterMeta.for_routers(routers, FAMILY, defaults={"tau": 0.5, "delta": 0.05, "max_reuse": 3,
-                                                             "cache_start": 0.3, "cache_end": 1.0},
+def save_toy_routers(routers: RouterSet, cfg: TrainConfig, path: str = ROUTER_FILE, notes: str = "",
+                     objective: str = "distill", defaults: dict | None = None, half: bool = True) -> None:
+    trainer = {"distill": "routers only, dense-teacher distillation",
+               "anchored": "end to end, distilled from a frozen copy of the original toy DiT",
+               "data": "end to end, flow matching on the toy world's images"}[objective]
+    meta = RouterMeta.for_routers(routers, FAMILY, defaults=dict(TOY_DEFAULTS if defaults is None else defaults),
                                   rho_g=cfg.rho_g, rho_w=cfg.rho_w,
-                                  provenance={"trainer": "elastic-dit train (dense-teacher distillation)",
+                                  provenance={"trainer": f"elastic-dit train ({trainer})", "objective": objective,
                                               "steps": str(cfg.steps), "notes": notes})
-    save_routers(path, copy.deepcopy(routers).half(), meta)  # shipped small; load_toy_routers computes in fp32
+    out = copy.deepcopy(routers)
+    save_routers(path, out.half() if half else out, meta)  # shipped small; load_toy_routers computes in fp32
 
 
 def load_toy_routers(path: str = ROUTER_FILE):
@@ -144,28 +102,73 @@ def load_toy_routers(path: str = ROUTER_FILE):
     return ckpt
 
 
-def generate(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: int,
-             routers: RouterSet | None = None, config: ElasticConfig | None = None, plan=None):
-    """Sample dense (routers None) or elastic. -> images [B, 3, S, S], record or None, wall seconds"""
-    config = config or ElasticConfig()
+# A stack policy: (step, img [R, N, D], txt [R, T, D], vec [R, D]) -> img after the block stack.
+StackFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dense_stack(model: ToyDiT, skip: frozenset[int] = frozenset()) -> StackFn:
+    def stack(step, img, txt, vec):
+        for i, b in enumerate(model.blocks):
+            if i not in skip:
+                img, txt = b(img, txt, vec)
+        return img
+    return stack
+
+
+def elastic_run(model: ToyDiT, routers: RouterSet, config: ElasticConfig, steps: int, plan=None) -> ElasticRun:
+    """The one place a toy run is made; `plan(step, block) -> (action, width) | None` forces decisions."""
     policy = PlanPolicy(config, plan) if plan is not None else Policy(config)
-    run = ElasticRun(routers, model.specs(), policy, steps) if routers else None
+    return ElasticRun(routers, model.specs(), policy, steps)
+
+
+def begin_step_fn(run: ElasticRun):
+    """The host side of the cache window: t runs from 1 (noise) to 0, so a step lies at 1 - t of the
+    noise schedule."""
+    def begin(step: int, t: float) -> None:
+        run.begin_step(step, t, in_window(run.config, 1.0 - t))
+    return begin
+
+
+def elastic_stack(model: ToyDiT, run: ElasticRun, guided_rows: bool) -> StackFn:
+    """Algorithm 1 over the toy blocks; rows are [uncond B; cond B] under guidance, else [cond B]."""
+    def stack(step, img, txt, vec):
+        b = img.shape[0] // 2 if guided_rows else img.shape[0]
+        keys = ([("uncond", r) for r in range(b)] if guided_rows else []) + [("cond", r) for r in range(b)]
+        out = run_stack(run, [double_run_fn(blk, vec) for blk in model.blocks], {"img": img, "txt": txt}, vec,
+                        row_keys=keys, router_tokens=lambda s: [s["txt"], s["img"]])
+        return out["img"]
+    return stack
+
+
+def sample_with(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: int, stack: StackFn,
+                guidance: float | None = None, begin_step=None) -> torch.Tensor:
+    """Euler on the model's shifted schedule, classifier-free guided (uncond and cond rows in one batch)
+    unless guidance is 1. tokens [B, T], noise [B, 3, S, S] -> images [B, 3, S, S]."""
+    g = model.cfg.guidance if guidance is None else guidance
+
+    def model_fn(x, t, tok, i):
+        img, txt, vec = model.embed(x, t, tok)
+        return model.head(stack(i, img, txt, vec), vec)
 
     def velocity(x, t, i):
-        img, txt, vec = model.embed(x, t, tokens)
-        if run is None:
-            for b in model.blocks:
-                img, txt = b(img, txt, vec)
-        else:
-            run.begin_step(i, float(t[0]), in_window(config, 1.0 - float(t[0])))  # t runs from 1 (noise) to 0
-            out = run_stack(run, [double_run_fn(b, vec) for b in model.blocks], {"img": img, "txt": txt}, vec,
-                            row_keys=[("cond", r) for r in range(x.shape[0])],
-                            router_tokens=lambda s: [s["txt"], s["img"]])
-            img = out["img"]
-        return model.head(img, vec)
+        if begin_step is not None:
+            begin_step(i, float(t[0]))
+        if g == 1.0:
+            return model_fn(x, t, tokens, i)
+        return guided(lambda xx, tt, tok: model_fn(xx, tt, tok, i), x, t, tokens, g)
 
-    t0 = time.perf_counter()
     with torch.inference_mode():
-        out = sample(velocity, noise, steps)
+        return sample(velocity, noise, steps, shift=model.cfg.shift)
+
+
+def generate(model: ToyDiT, tokens: torch.Tensor, noise: torch.Tensor, steps: int,
+             routers: RouterSet | None = None, config: ElasticConfig | None = None, plan=None,
+             guidance: float | None = None):
+    """Sample dense (routers None) or elastic. -> images [B, 3, S, S], record or None, wall seconds"""
+    g = model.cfg.guidance if guidance is None else guidance
+    run = elastic_run(model, routers, config or ElasticConfig(), steps, plan) if routers is not None else None
+    stack = dense_stack(model) if run is None else elastic_stack(model, run, g != 1.0)
+    t0 = time.perf_counter()
+    out = sample_with(model, tokens, noise, steps, stack, g, None if run is None else begin_step_fn(run))
     wall = time.perf_counter() - t0
     return out, (run.finish() if run else None), wall

@@ -75,3 +75,34 @@ def test_cancel_stops_cleanly():
     seen = []
     n = tr.fit(perf_and_aux, steps=10, progress=seen.append, should_stop=lambda: len(seen) >= 2)
     assert n == 2 and tr.step == 2
+
+
+def test_gate_estimators_default_noise_and_temperature():
+    from elastic_core.router import RouterOutput
+    logit = torch.tensor([-2.0, -0.1, 0.1, 2.0])
+    out = RouterOutput(logit, torch.zeros(4, 4))
+    g, hard = gate(out, 0.5)
+    p = torch.sigmoid(logit)
+    assert torch.equal(hard, (p >= 0.5).float()) and torch.allclose(g, hard)  # eq. 7, unchanged
+    _, cold = gate(out, 0.5, temperature=0.1)
+    assert torch.equal(cold, hard)  # temperature sharpens p, never moves the decision
+    big = RouterOutput(torch.full((20000,), 0.5), torch.zeros(20000, 4))
+    gn, hn = gate(big, 0.5, noise=1.0, generator=torch.Generator().manual_seed(0))
+    assert set(hn.unique().tolist()) == {0.0, 1.0} and torch.allclose(gn.detach(), hn)  # forward stays hard
+    assert abs(hn.mean().item() - torch.sigmoid(torch.tensor(0.5)).item()) < 0.02  # opens with probability p
+
+
+def test_width_head_can_be_left_out_and_backbone_gets_its_own_lr():
+    blocks, routers, _ = _setup()
+    img, txt, vec = inputs(b=4, seed=1)
+    fns = [lambda x, m, b=b: dict(zip(("img", "txt"), b(x["img"], x["txt"], vec, m))) for b in blocks]
+    out, aux = elastic_forward(routers, fns, [b.hidden for b in blocks], {"img": img, "txt": txt}, vec, 0.5,
+                               lambda x: [x["txt"], x["img"]], width=False)
+    dense = plain_stack(blocks, img, txt, vec)[0]
+    assert all(torch.equal(r, torch.ones(4)) for r in aux.r) and torch.allclose(out["img"], dense, atol=1e-6)
+    for b in blocks:
+        b.requires_grad_(True)
+    backbone = torch.nn.ModuleList(blocks)
+    tr = RouterTrainer(routers, TrainConfig(lr=1e-3, backbone_lr=1e-5, end_to_end=True), backbone=backbone)
+    assert [g["lr"] for g in tr.opt.param_groups] == [1e-3, 1e-5]
+    assert TrainConfig(steps=11, temperature_start=1.0, temperature_end=0.01).temperature(10) == 0.01
