@@ -236,12 +236,17 @@ def _build(config: RouterConfig, names: tuple[str, ...], state: dict[str, Tensor
     return routers
 
 
-def _finish(path, h: _Header, meta: RouterMeta, fkey, device) -> RouterCheckpoint:
-    """Shape checks, then the read. fkey(i, sub) -> the file's key of block i's router tensor sub."""
+def _check_router_shapes(path, h: _Header, meta: RouterMeta, fkey) -> dict[str, str]:
+    """Shape checks; -> {file key: our key}. fkey(i, sub) -> the file's key of block i's router tensor sub."""
     n, shapes = len(meta.block_names), _expected_shapes(meta.router)
     _check_width_rows(path, h.tensors, [fkey(i, "width_head.weight") for i in range(n)], meta.router.widths)
     _check_shapes(path, h.tensors, {fkey(i, s): shape for i in range(n) for s, shape in shapes.items()})
-    state = _read(path, {fkey(i, s): f"routers.{i}.{s}" for i in range(n) for s in _SUBKEYS}, device)
+    return {fkey(i, s): f"routers.{i}.{s}" for i in range(n) for s in _SUBKEYS}
+
+
+def _finish(path, h: _Header, meta: RouterMeta, fkey, device) -> RouterCheckpoint:
+    """Shape checks, then the read."""
+    state = _read(path, _check_router_shapes(path, h, meta, fkey), device)
     return RouterCheckpoint(_build(meta.router, meta.block_names, state), meta, path)
 
 
@@ -250,18 +255,22 @@ def _finish(path, h: _Header, meta: RouterMeta, fkey, device) -> RouterCheckpoin
 def _encode(routers: RouterSet, meta: RouterMeta) -> tuple[dict[str, Tensor], dict[str, str]]:
     if meta.block_names != routers.block_names or meta.router != routers.config:
         raise ValueError("meta.block_names and meta.router must match the routers' block_names and config")
-    c = meta.router
     # Kept in the routers' own float dtype (float32 unless they were cast); safetensors wants contiguous.
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in routers.state_dict().items()}
+    return tensors, router_metadata(meta)
+
+
+def router_metadata(meta: RouterMeta) -> dict[str, str]:
+    """The metadata of our format for routers described by `meta`."""
+    c = meta.router
     blocks = [{"name": n, "dim": c.dim, "cond_dim": c.cond} for n in meta.block_names]
-    metadata = {
+    return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": meta.family,
         "blocks": json.dumps(blocks), "router_hidden": str(c.hidden), "widths": json.dumps(list(c.widths)),
         "activation": c.activation, "ln_eps": repr(c.ln_eps), "defaults": json.dumps(meta.defaults),
         "targets": json.dumps({"rho_g": meta.rho_g, "rho_w": meta.rho_w}),
         "provenance": json.dumps(meta.provenance),
     }
-    return tensors, metadata
 
 
 def save_routers(path, routers: RouterSet, meta: RouterMeta) -> None:
@@ -382,6 +391,22 @@ def _released_config(path: str, found: dict, fkey, names: tuple[str, ...]) -> Ro
 
 
 def _load_released(path: str, h: _Header, device) -> RouterCheckpoint:
+    meta, fkey = _released_meta(path, h)
+    return _finish(path, h, meta, fkey, device)
+
+
+def released_plan(path) -> tuple[RouterMeta, dict[str, str]]:
+    """Header only, every check but the values: the released file's router meta and {file key: our key},
+    for a caller that copies the router tensors one at a time (then it must refuse NaN / Inf itself)."""
+    path = os.fspath(path)
+    h = read_header(path)
+    if h.metadata.get("format") == FORMAT:
+        raise _err(path, f"is already a {FORMAT} file; expected the authors' E-DiT checkpoint")
+    meta, fkey = _released_meta(path, h)
+    return meta, _check_router_shapes(path, h, meta, fkey)
+
+
+def _released_meta(path: str, h: _Header):
     prefix, n, found = _released_groups(path, h)
     names = tuple(f"transformer_blocks.{i}" for i in range(n))
 
@@ -393,8 +418,7 @@ def _load_released(path: str, h: _Header, device) -> RouterCheckpoint:
     provenance = {"source": os.path.basename(path), "converter": "elastic_core.checkpoint.import_released",
                   "date": datetime.date.today().isoformat(),
                   "notes": "authors' released Qwen-Image E-DiT routers (gate_mlps); rho targets not published with the file"}
-    meta = RouterMeta("qwen_image", names, config, RELEASED_DEFAULTS, provenance=provenance)
-    return _finish(path, h, meta, fkey, device)
+    return RouterMeta("qwen_image", names, config, RELEASED_DEFAULTS, provenance=provenance), fkey
 
 
 def import_released(path, device="cpu") -> RouterCheckpoint:

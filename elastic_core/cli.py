@@ -2,6 +2,7 @@
 
     elastic-dit inspect FILE [--json]
     elastic-dit convert RELEASED.safetensors OUT.safetensors [--force]
+                        [--base BASE.safetensors --lora-rank R [--lora-out LORA.safetensors]]
     elastic-dit bench ...            (registered by elastic_core/bench.py when it exists)
 
 Every subcommand sets `func(args) -> int`; a CheckpointError becomes `error: <message>`, exit 2.
@@ -15,7 +16,10 @@ import sys
 from collections import Counter
 
 from . import bench
-from .checkpoint import PICKLE_EXTENSIONS, CheckpointError, describe, import_released, load_routers, save_routers
+import torch
+
+from .checkpoint import PICKLE_EXTENSIONS, CheckpointError, describe, load_routers, read_header, released_plan
+from .lora_extract import check_base, extract_lora, stream_routers
 from .toy import commands as toy_commands
 
 
@@ -68,23 +72,60 @@ def _inspect(args) -> int:
     return 0
 
 
+def _refuse_out(out: str, inputs: list[str], force: bool) -> str | None:
+    """Why `out` cannot be written, or None."""
+    for src in inputs:
+        if os.path.realpath(src) == os.path.realpath(out) or (
+                os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out)):
+            return f"{out}: is an input file; expected a different output path"
+    if out.lower().endswith(PICKLE_EXTENSIONS):
+        return f"{out}: has a pickle extension; expected a .safetensors output path"
+    if os.path.exists(out) and not force:
+        return f"{out}: exists; pass --force to overwrite it"
+    return None
+
+
 def _convert(args) -> int:
     src, out = args.released, args.out
-    same = os.path.realpath(src) == os.path.realpath(out) or (
-        os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out))
-    if same:
-        return _error(f"{out}: is the input file; expected a different output path")
-    if out.lower().endswith(PICKLE_EXTENSIONS):
-        return _error(f"{out}: has a pickle extension; expected a .safetensors output path")
-    if os.path.exists(out) and not args.force:
-        return _error(f"{out}: exists; pass --force to overwrite it")
-    ckpt = import_released(src)
-    save_routers(out, ckpt.routers, ckpt.meta)
-    c = ckpt.meta.router
-    dtype = str(ckpt.routers[0].out[0].weight.dtype).removeprefix("torch.")
-    print(f"wrote {out}: {len(ckpt.routers)} routers ({ckpt.meta.family}, dim {c.dim}, hidden {c.hidden}, "
+    if args.lora_rank is not None and not args.base:
+        return _error("--lora-rank needs --base (the base model the release was fine-tuned from)")
+    lora_out = (args.lora_out or os.path.splitext(out)[0] + "-lora.safetensors") if args.base else None
+    inputs = [src] + ([args.base] if args.base else [])
+    for path in [out] + ([lora_out] if lora_out else []):
+        why = _refuse_out(path, inputs + ([out] if path == lora_out else []), args.force)
+        if why:
+            return _error(why)
+    released_plan(src)  # every header check first: nothing is written for a bad input
+    if args.base:
+        rank = 64 if args.lora_rank is None else args.lora_rank
+        if rank < 1:
+            return _error(f"--lora-rank {rank}: expected at least 1")
+        check_base(src, args.base)
+    meta = stream_routers(src, out, {"lora": os.path.basename(lora_out)} if lora_out else None)
+    c = meta.router
+    dtype = read_header(out).tensors["routers.0.out.0.weight"]["dtype"].lower()
+    print(f"wrote {out}: {len(meta.block_names)} routers ({meta.family}, dim {c.dim}, hidden {c.hidden}, "
           f"{dtype}), {os.path.getsize(out) / 2**20:.1f} MiB, from {src}")
+    if args.base:
+        _convert_lora(args, src, lora_out, rank, os.path.basename(out))
     return 0
+
+
+def _convert_lora(args, src: str, lora_out: str, rank: int, router_file: str) -> None:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.lora_dtype]
+    report = extract_lora(src, args.base, lora_out, rank, router_file, dtype, power_iters=args.power_iters,
+                          log=lambda line: print(f"  {line}", flush=True))
+    t = report.total()
+    print(f"wrote {lora_out}: LoRA rank {rank} on {t['layers']} weights + {t['diffs']} whole diffs (biases, norms), "
+          f"{os.path.getsize(lora_out) / 2**20:.1f} MiB; {t['unchanged']} tensors unchanged")
+    print(f"relative error of the LoRA: {t['rel_error']:.4f} of ||released - base|| in total "
+          f"({t['rel_to_weights']:.2e} of ||released||); worst layers:")
+    for x in sorted(report.layers, key=lambda x: -x["rel_error"])[:5]:
+        print(f"  {x['key']}: {x['rel_error']:.4f}")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"total": t, "layers": report.layers, "diffs": report.diffs}, f, indent=1)
+        print(f"wrote {args.report} (the error of every layer)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,10 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="our router .safetensors or the authors' E-DiT model.safetensors")
     p.add_argument("--json", action="store_true", help="print the full summary as JSON")
     p.set_defaults(func=_inspect)
-    p = sub.add_parser("convert", help="extract the authors' released routers into our format")
+    p = sub.add_parser("convert", help="extract the authors' released routers into our format (with --base: "
+                       "and the fine-tuned backbone as a LoRA on the base model)")
     p.add_argument("released", help="the authors' E-DiT checkpoint (full DiT .safetensors)")
     p.add_argument("out", help="router file to write (.safetensors)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite OUT (and the LoRA file) if they exist")
+    p.add_argument("--base", default=None, help="the base model the release was fine-tuned from (Qwen-Image, "
+                   "unquantized .safetensors): also write a LoRA holding the low-rank part of released - base")
+    p.add_argument("--lora-rank", type=int, default=None, help="rank of that LoRA (default 64)")
+    p.add_argument("--lora-out", default=None, help="the LoRA file (default: OUT's name with -lora)")
+    p.add_argument("--lora-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--power-iters", type=int, default=2, help="power iterations of the randomized SVD")
+    p.add_argument("--report", default=None, help="write every layer's error to this JSON file")
     p.set_defaults(func=_convert)
     bench.add_parser(sub)
     toy_commands.add_parsers(sub)

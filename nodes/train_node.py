@@ -2,8 +2,10 @@
 dense-teacher distillation on the user's conditionings; written to models/elastic_routers/.
 
 The model is cloned; training happens on the clone through the same hooks as sampling, with the
-backbone frozen (routers only). Cancel stops after the current step: the routers trained so far are
-saved (with the optimizer state, so `resume` can go on), then ComfyUI reports the interruption.
+backbone frozen, or (lora_rank > 0) with a LoRA on its attention and MLP linears that learns with the
+routers, saved to models/loras/ under the router file's name (nodes/lora_train.py). Cancel stops after
+the current step: what was trained so far is saved (with the optimizer state, so `resume` can go on),
+then ComfyUI reports the interruption.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ import folder_paths
 
 from ..elastic_core.config import ElasticConfig
 from ..elastic_core.checkpoint import RouterCheckpoint, RouterMeta, load_routers, save_routers
+from ..elastic_core.lora import JointTrainer, LoraSet, check_rank, save_lora
 from ..elastic_core.policy import Policy
 from ..elastic_core.router import RouterSet
 from ..elastic_core.train import RouterTrainer, TrainConfig
 from .adapters import adapter_for
+from . import lora_train
 from .files import FOLDER
 from .loader_node import ROUTER_TYPE
 from .rope_grad import ensure_rope_grad
@@ -38,8 +42,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,100}$")
 STATE_SUFFIX = ".train_state"  # beside the router file; not a .safetensors name, so the loader lists only routers
 
 
-def router_path(filename: str, resume: bool) -> str:
-    """models/elastic_routers/<filename>.safetensors; an existing file is never overwritten unless resuming."""
+def router_path(filename: str, resume: bool, lora: bool = False) -> str:
+    """models/elastic_routers/<filename>.safetensors; an existing file (or, with `lora`, an existing
+    models/loras/<filename>.safetensors) is never overwritten unless resuming."""
     stem = filename[:-12] if filename.lower().endswith(".safetensors") else filename
     if not _NAME.match(stem) or ".." in stem:
         raise ValueError(f"filename {filename!r}: expected a plain file name (letters, digits, space, _ . -), "
@@ -48,7 +53,8 @@ def router_path(filename: str, resume: bool) -> str:
     os.makedirs(folder, exist_ok=True)  # a fresh ComfyUI has no models/elastic_routers yet
     path = os.path.join(folder, stem + ".safetensors")
     n = 0
-    while not resume and (os.path.exists(path) or os.path.exists(path + STATE_SUFFIX)):
+    while not resume and (os.path.exists(path) or os.path.exists(path + STATE_SUFFIX)
+                          or (lora and os.path.exists(lora_train.lora_file(path)))):
         n += 1
         path = os.path.join(folder, f"{stem}_{n:05d}.safetensors")
     return path
@@ -118,12 +124,18 @@ class ElasticDiTTrainRouter:
                 "save_every": ("INT", {"default": 50, "min": 1, "max": 100000,
                                        "tooltip": "Save the routers every this many steps (and at the end or on Cancel)."}),
                 "resume": ("BOOLEAN", {"default": False, "tooltip": "Go on from <filename>'s saved training state."}),
+                "lora_rank": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "0: routers only (the backbone "
+                              "frozen). N: a rank-N LoRA on the blocks' attention and MLP linears learns with the "
+                              "routers, saved as models/loras/<filename>.safetensors for LoraLoaderModelOnly."}),
+                "lora_learning_rate": f(1e-4, 1e-7, 1.0, 1e-6, "Adam learning rate of the LoRA."),
             },
         }
 
-    RETURN_TYPES = (ROUTER_TYPE,)
-    RETURN_NAMES = ("router",)
-    OUTPUT_TOOLTIPS = ("The trained routers, saved and ready for Apply Elastic DiT.",)
+    RETURN_TYPES = (ROUTER_TYPE, "MODEL")
+    RETURN_NAMES = ("router", "model")
+    OUTPUT_TOOLTIPS = ("The trained routers, saved and ready for Apply Elastic DiT.",
+                       "The model the routers were trained for: the input model, with the trained LoRA loaded "
+                       "(as LoraLoaderModelOnly loads it) when lora_rank > 0.")
     OUTPUT_NODE = True  # it writes a file: a graph that only trains can be queued
     FUNCTION = "train"
     CATEGORY = "Elastic DiT"
@@ -132,10 +144,10 @@ class ElasticDiTTrainRouter:
 
     def train(self, model, positive, latent_image, steps, learning_rate, rho_g, rho_w, filename, seed,
               negative=None, cfg=1.0, sampling_steps=20, teacher_runs=4, batch_size=1,
-              gradient_checkpointing=True, save_every=50, resume=False):
+              gradient_checkpointing=True, save_every=50, resume=False, lora_rank=0, lora_learning_rate=1e-4):
         job = TrainJob.validate(model, positive, negative, latent_image, cfg, filename, resume, TrainConfig(
             steps=steps, lr=learning_rate, rho_g=rho_g, rho_w=rho_w, grad_checkpoint=gradient_checkpointing),
-            sampling_steps, teacher_runs, batch_size, save_every, seed)
+            sampling_steps, teacher_runs, batch_size, save_every, seed, lora_rank, lora_learning_rate)
         t0 = time.perf_counter()
         teacher = dense_trajectories(model, job.positive, job.negative, job.latent, cfg,
                                      sampling_steps, teacher_runs, seed)
@@ -148,7 +160,7 @@ class ElasticDiTTrainRouter:
             last = loop.trainer.history[-1]
             log.info("Elastic DiT: trained %s in %.0f s (mean gate %.3f, mean width %.3f)", job.path,
                      time.perf_counter() - t0, last["mean_gate"], last["mean_width"])
-        return (load_routers(job.path),)
+        return load_routers(job.path), lora_train.with_lora(model, job.lora_path) if job.lora_rank else model
 
 
 @dataclass(frozen=True)
@@ -168,14 +180,22 @@ class TrainJob:
     save_every: int
     seed: int
     provenance: dict
+    lora_rank: int  # 0: routers only
+    lora_lr: float
+    lora_targets: list  # the LoraTargets of this model's blocks
 
     @property
     def state_file(self) -> str:
         return self.path + STATE_SUFFIX
 
+    @property
+    def lora_path(self) -> str:
+        return lora_train.lora_file(self.path)
+
     @classmethod
     def validate(cls, model, positive, negative, latent_image, cfg, filename, resume, config: TrainConfig,
-                 sampling_steps, teacher_runs, batch_size, save_every, seed) -> "TrainJob":
+                 sampling_steps, teacher_runs, batch_size, save_every, seed, lora_rank=0,
+                 lora_lr=1e-4) -> "TrainJob":
         if HOLDER_KEY in model.model_options.get("transformer_options", {}):
             raise ValueError("this MODEL already comes from Apply Elastic DiT; train on the plain model")
         dm = model.get_model_object("diffusion_model")
@@ -185,16 +205,22 @@ class TrainJob:
             raise ValueError(f"cfg {cfg} needs a negative conditioning (connect one, or set cfg to 1)")
         if not isinstance(latent_image, dict) or "samples" not in latent_image:
             raise ValueError("latent_image must be a LATENT (e.g. from Empty Latent Image)")
-        path = router_path(filename, resume)
+        targets = lora_train.lora_targets(dm, refs)
+        if lora_rank:
+            check_rank(targets, lora_rank)  # a ValueError naming the layer that cannot hold the rank
+        path = router_path(filename, resume, lora=bool(lora_rank))
         if resume and not os.path.isfile(path + STATE_SUFFIX):
             raise FileNotFoundError(f"resume: no training state {path + STATE_SUFFIX}; train without resume first")
-        if resume:  # the saved routers must be this model's
+        if resume:  # the saved routers (and LoRA) must be this model's
             check_compatible(adapter, dm, refs, load_routers(path))
+            lora_train.check_resume(path + STATE_SUFFIX, _state_meta(path + STATE_SUFFIX), model, targets, lora_rank)
         provenance = {"trainer": "Train Elastic Router (dense-teacher distillation)", "steps": str(config.steps),
                       "cfg": str(cfg), "sampling_steps": str(sampling_steps), "teacher_runs": str(teacher_runs)}
+        if lora_rank:
+            provenance.update(lora=os.path.basename(lora_train.lora_file(path)), lora_rank=str(lora_rank))
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
         return cls(model, latent, adapter, refs, positive, negative if negative is not None else positive, cfg,
-                   config, path, resume, batch_size, save_every, seed, provenance)
+                   config, path, resume, batch_size, save_every, seed, provenance, lora_rank, lora_lr, targets)
 
     def new_routers(self) -> tuple[RouterSet, RouterMeta]:
         dm = self.model.get_model_object("diffusion_model")
@@ -210,6 +236,21 @@ class TrainJob:
                  len(routers), n / 1e6, n * 16 / 1e9)
         return routers, meta
 
+    def new_lora(self) -> LoraSet | None:
+        if not self.lora_rank:
+            return None
+        with torch.inference_mode(False):
+            lora = LoraSet(self.lora_targets, self.lora_rank, seed=self.seed)
+        log.info("Elastic DiT training: LoRA rank %d on %d layers, %.1f M parameters", self.lora_rank,
+                 len(lora.targets), lora.num_params() / 1e6)
+        return lora
+
+
+def _state_meta(path: str) -> dict:
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        return f.metadata() or {}
+
 
 class TrainLoop:
     """What runs inside ComfyUI's sampler (TrainSampler): Adam steps, progress, saving, Cancel."""
@@ -217,6 +258,7 @@ class TrainLoop:
     def __init__(self, job: TrainJob, teacher):
         self.job, self.teacher = job, teacher
         self.routers, self.meta = job.new_routers()
+        self.lora = job.new_lora()  # None: routers only
         self.state: TrainState | None = None  # the student's hook state, set by run_student
         self.trainer: RouterTrainer | None = None
         self.device, self.saved = None, None
@@ -224,6 +266,10 @@ class TrainLoop:
     def save(self) -> None:
         self.routers.to("cpu")
         save_routers(self.job.path, self.routers, self.meta)
+        if self.lora is not None:
+            os.makedirs(os.path.dirname(self.job.lora_path), exist_ok=True)
+            save_lora(self.job.lora_path, self.lora, self.job.adapter.family, os.path.basename(self.job.path),
+                      {**self.job.provenance, "step": str(self.trainer.step)})
         self.trainer.save(self.job.state_file)
         self.routers.to(self.device)
         self.saved = self.trainer.step
@@ -241,14 +287,18 @@ class TrainLoop:
         job, steps = self.job, self.job.config.steps
         self.device = device
         self.routers.to(device).requires_grad_(True)
-        self.trainer = RouterTrainer(self.routers, job.config)
+        if self.lora is None:
+            self.trainer = RouterTrainer(self.routers, job.config)
+        else:
+            self.lora.to(device).requires_grad_(True)
+            self.trainer = JointTrainer(self.routers, job.config, self.lora, job.lora_lr)
         if job.resume:
             self.trainer.resume(job.state_file)
         pbar = comfy.utils.ProgressBar(steps)
         pbar.update_absolute(self.trainer.step, steps)
-        gen = torch.Generator().manual_seed(job.seed + self.trainer.step)
         try:
-            self.trainer.fit(perf_and_aux(self.state, predict, self.teacher, job.batch_size, gen, device),
+            self.trainer.fit(perf_and_aux(self.state, predict, self.teacher, job.batch_size,
+                                          lambda: job.seed + self.trainer.step, device),
                              steps=max(steps - self.trainer.step, 0), progress=lambda mx: self.progress(mx, pbar),
                              should_stop=comfy.model_management.processing_interrupted)
         finally:  # Cancel, an error, or the end: what was trained is on disk
@@ -270,6 +320,8 @@ def run_student(job: TrainJob, loop: TrainLoop) -> None:
         loop.state = TrainState(patch, job.config.tau, job.config.grad_checkpoint)
         m.model_options["transformer_options"][RUN_KEY] = loop.state
         _frozen_weights(m, dm)
+        if loop.lora is not None:  # after the frozen copy: W' = W + up @ down, then the twins slice or mask W'
+            lora_train.install(m, loop.lora)
         lat = job.latent
         guider = comfy.samplers.CFGGuider(m)
         guider.set_conds(job.positive, job.negative)
@@ -279,3 +331,5 @@ def run_student(job: TrainJob, loop: TrainLoop) -> None:
             guider.sample(torch.zeros_like(lat), lat, TrainSampler(loop), sigmas, seed=job.seed, disable_pbar=True)
         finally:
             loop.routers.to("cpu").requires_grad_(False)
+            if loop.lora is not None:
+                loop.lora.to("cpu").requires_grad_(False)

@@ -125,10 +125,12 @@ class TrainSampler(comfy.samplers.Sampler):
         return latent_image
 
 
-def perf_and_aux(state: TrainState, predict, teacher: Teacher, batch: int, generator: torch.Generator, device):
-    """L_perf (distance to the dense prediction) and what the routers said, for one random batch."""
+def perf_and_aux(state: TrainState, predict, teacher: Teacher, batch: int, seed: Callable[[], int], device):
+    """L_perf (distance to the dense prediction) and what the routers said, for one random batch.
+    The batch is drawn with seed() (the run's seed plus the step), so a resumed run draws what an
+    uninterrupted one would have."""
     def fn() -> tuple[Tensor, Aux]:
-        x, sigma, target = teacher.draw(batch, generator, device)
+        x, sigma, target = teacher.draw(batch, torch.Generator().manual_seed(seed()), device)
         state.reset()
         pred = predict(x.to(torch.float32), sigma)
         return distill_loss(pred.float(), target.float()), state.aux

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
-EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json", "flux-dev-train-router.json", "hunyuan3d-elastic.json"}
+EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json", "flux-dev-train-router.json", "hunyuan3d-elastic.json",
+            "flux-dev-train-router-lora.json", "qwen-image-e-dit-lora.json"}
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # never reach the server
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}  # everything else is a socket
@@ -33,6 +34,7 @@ FILE_INPUTS = {
     ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
     ("LoadImage", "image"): "input",  # ComfyUI/input/, not under models/
     ("ElasticDiTRouterLoader", "router_name"): "elastic_routers",  # or diffusion_models/<released checkpoint>
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
 }
 RELEASED_PREFIX = "diffusion_models/"
 APPLY_REQUIRED = ["model", "router", "tau", "delta", "max_reuse", "skip_blocks", "adapt_width", "cache",
@@ -244,7 +246,13 @@ def test_elastic_wiring(wf):
     (stats,) = [n for n in wf["nodes"] if n["type"] == "ElasticDiTStats"]
     assert [i["name"] for i in apply["inputs"]] == ["model", "router"]
     assert src[(apply["id"], "router")]["type"] in ("ElasticDiTRouterLoader", "ElasticDiTTrainRouter")
-    assert src[(apply["id"], "model")]["type"] in ("UNETLoader", "ModelSamplingAuraFlow", "ImageOnlyCheckpointLoader")
+    model, lora = src[(apply["id"], "model")], False
+    while model["type"] in ("LoraLoaderModelOnly", "ModelSamplingAuraFlow"):  # a LoRA goes on BEFORE Apply
+        lora |= model["type"] == "LoraLoaderModelOnly"
+        model = src[(model["id"], "model")]
+    assert model["type"] in ("UNETLoader", "ImageOnlyCheckpointLoader")
+    if lora:  # routers trained with that LoRA come from a router file
+        assert src[(apply["id"], "router")]["type"] == "ElasticDiTRouterLoader"
     sampler = src[(stats["id"], "samples")]
     assert sampler["type"] == "KSampler" and src[(sampler["id"], "model")] is apply
     assert src[(stats["id"], "model")] is apply
@@ -368,3 +376,15 @@ def test_comfy_validation_passes_with_the_model_files_present(wf, mappings, tmp_
     valid, error, good, node_errors = _validate(to_api(wf, classes))
     assert valid is True and node_errors == {}, (error, node_errors)
     assert set(good) == _outputs(classes) and good
+
+
+def test_lora_workflow_loads_what_its_training_saves(mappings):
+    """Train with a LoRA, then LoraLoaderModelOnly + Load Elastic Router: both loaders name the files the
+    Train node writes (models/loras/<filename>, models/elastic_routers/<filename>)."""
+    wf = _load(os.path.join(ROOT, "workflows", "flux-dev-train-router-lora.json"))
+    values = {n["type"]: {name: v for name, _, _, v, _ in _bind(n, mappings[n["type"]])}
+              for n in wf["nodes"] if n["type"] not in FRONTEND_ONLY}
+    train = values["ElasticDiTTrainRouter"]
+    assert train["lora_rank"] > 0
+    name = train["filename"] + ".safetensors"
+    assert values["LoraLoaderModelOnly"]["lora_name"] == values["ElasticDiTRouterLoader"]["router_name"] == name

@@ -1,0 +1,177 @@
+"""`elastic-dit convert --base`: the released checkpoint as routers + a LoRA of (released - base).
+
+Measured here: exact recovery of low-rank differences, an honest error for differences that are not
+low rank (the optimum a rank-r LoRA can reach, by Eckart-Young), the file layout ComfyUI loads, bad
+input refused before anything is written, and the memory the conversion uses.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from devtools.convert_memory import block_shapes, write_pair
+from elastic_core.checkpoint import import_released, load_routers
+from elastic_core.cli import main
+from elastic_core.lora_extract import StreamWriter, extract_lora, low_rank
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _reader(delta: torch.Tensor):
+    return lambda a, b: (delta[a:b].clone(), torch.zeros(b - a, delta.shape[1]))
+
+
+def test_low_rank_recovers_a_low_rank_difference_exactly():
+    g = torch.Generator().manual_seed(0)
+    for m, n, k in ((96, 40, 5), (40, 96, 8), (300, 64, 1)):
+        delta = torch.randn(m, k, generator=g) @ torch.randn(k, n, generator=g)
+        lr = low_rank(_reader(delta), m, n, rank=8)
+        assert lr.up.shape == (m, min(8, n)) and lr.down.shape == (min(8, n), n)
+        torch.testing.assert_close(lr.up @ lr.down, delta, atol=1e-4, rtol=1e-4)
+        assert (lr.err2 / lr.delta2) ** 0.5 < 1e-5
+
+
+def test_low_rank_error_is_measured_and_near_the_optimum():
+    """A full-rank difference: the error reported is the residual's true norm, within 2 % of the best a
+    rank-r matrix can do (the tail of the singular values)."""
+    g = torch.Generator().manual_seed(1)
+    delta = torch.randn(200, 120, generator=g)
+    lr = low_rank(_reader(delta), 200, 120, rank=16)
+    true = float(((delta - lr.up @ lr.down) ** 2).sum())
+    assert lr.err2 == pytest.approx(true, rel=1e-4)
+    s = torch.linalg.svdvals(delta)
+    best = float((s[16:] ** 2).sum())
+    assert best <= lr.err2 <= 1.02 ** 2 * best
+    assert 0.8 < (lr.err2 / lr.delta2) ** 0.5 < 1.0  # honest: a random matrix is far from rank 16
+
+
+def test_stream_writer_writes_a_safetensors_file(tmp_path):
+    path = str(tmp_path / "s.safetensors")
+    w = StreamWriter(path)
+    want = {"a": torch.randn(3, 5), "b": torch.randn(7).bfloat16(), "c": torch.tensor(2.0), "d": torch.randn(2, 2).half()}
+    for k, v in want.items():
+        w.add(k, v)
+    w.close({"x": "y"})
+    got = load_file(path)
+    for k, v in want.items():
+        assert torch.equal(got[k], v) and got[k].dtype == v.dtype, k
+    with safe_open(path, "pt") as f:
+        assert f.metadata() == {"x": "y"}
+    assert sorted(os.listdir(tmp_path)) == ["s.safetensors"]  # no side files left
+
+
+def _merge(base_path, lora_path, prefix=""):
+    """What ComfyUI does with the LoRA: W + (alpha / r) up @ down; bias / norm diffs added whole."""
+    base, lora = load_file(base_path), load_file(lora_path)
+    out = {}
+    for k, w in base.items():
+        stem = "diffusion_model." + (k[:-7] if k.endswith(".weight") else k)
+        if stem + ".lora_up.weight" in lora:
+            up, down = lora[stem + ".lora_up.weight"].float(), lora[stem + ".lora_down.weight"].float()
+            w = w.float() + lora[stem + ".alpha"].item() / up.shape[1] * up @ down
+        elif stem + ".diff" in lora:
+            w = w.float() + lora[stem + ".diff"].float()
+        out[prefix + k] = w.float()
+    return out
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_convert_with_base_recovers_a_low_rank_release(tmp_path, capsys, prefix):
+    base, rel, _ = write_pair(str(tmp_path), blocks=3, dim=32, delta_rank=4, dtype=torch.float32, prefix=prefix)
+    out, lora = str(tmp_path / "routers.safetensors"), str(tmp_path / "routers-lora.safetensors")
+    report = str(tmp_path / "report.json")
+    assert main(["convert", rel, out, "--base", base, "--lora-rank", "8", "--lora-dtype", "fp32",
+                 "--report", report]) == 0
+    printed = capsys.readouterr().out
+    assert "3 routers" in printed and "relative error of the LoRA" in printed
+    assert os.path.isfile(lora) and load_routers(out).meta.provenance["lora"] == "routers-lora.safetensors"
+    got, want = load_routers(out), import_released(rel)
+    for k, v in want.routers.state_dict().items():
+        assert torch.equal(got.routers.state_dict()[k], v), k
+    with safe_open(lora, "pt") as f:
+        meta, keys = f.metadata(), set(f.keys())
+    assert meta["format"] == "elastic-dit-lora" and meta["router_file"] == "routers.safetensors"
+    assert "diffusion_model.transformer_blocks.0.attn.to_q.lora_up.weight" in keys
+    assert "diffusion_model.transformer_blocks.0.attn.to_q.bias.diff" in keys
+    assert "diffusion_model.transformer_blocks.2.img_mod.1.lora_down.weight" in keys
+    assert not any("gate_mlps" in k for k in keys)
+    rep = json.load(open(report))
+    assert rep["total"]["rel_error"] < 1e-5 and len(rep["layers"]) == 3 * 14
+    assert all(x["rel_error"] < 1e-5 for x in rep["layers"])
+    released = {k: v for k, v in load_file(rel).items() if "gate_mlps" not in k}
+    merged = _merge(base, lora, prefix)
+    for k, v in released.items():
+        torch.testing.assert_close(merged[k], v, atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_convert_reports_the_error_of_a_release_that_is_not_low_rank(tmp_path, capsys):
+    base, rel, _ = write_pair(str(tmp_path), blocks=2, dim=32, full=True, dtype=torch.float32)
+    out = str(tmp_path / "r.safetensors")
+    assert main(["convert", rel, out, "--base", base, "--lora-rank", "4", "--report", str(tmp_path / "e.json")]) == 0
+    rep = json.load(open(tmp_path / "e.json"))
+    assert 0.5 < rep["total"]["rel_error"] < 1.0  # rank 4 of a full-rank change: most of it is lost, and said so
+    assert "relative error of the LoRA: 0." in capsys.readouterr().out
+
+
+def test_convert_refuses_bad_input_before_writing(tmp_path, capsys):
+    base, rel, _ = write_pair(str(tmp_path), blocks=2, dim=32, dtype=torch.float32)
+    out = tmp_path / "r.safetensors"
+
+    def refused(args, text):
+        assert main(["convert", rel, str(out)] + args) == 2
+        assert text in capsys.readouterr().err
+        assert not out.exists() and not (tmp_path / "r-lora.safetensors").exists()
+    refused(["--lora-rank", "4"], "needs --base")
+    other = {k: v for k, v in load_file(base).items() if "transformer_blocks.1." not in k}
+    save_file(other, str(tmp_path / "short.safetensors"))
+    refused(["--base", str(tmp_path / "short.safetensors")], "lacks")
+    wide = dict(load_file(base))
+    wide["transformer_blocks.0.attn.to_q.weight"] = torch.zeros(32, 48)
+    save_file(wide, str(tmp_path / "wide.safetensors"))
+    refused(["--base", str(tmp_path / "wide.safetensors")], "has shape [32, 48]")
+    fp8 = dict(load_file(base))
+    fp8["transformer_blocks.0.attn.to_q.scale_weight"] = torch.ones(1)
+    save_file(fp8, str(tmp_path / "fp8.safetensors"))
+    refused(["--base", str(tmp_path / "fp8.safetensors")], "quantized")
+    refused(["--base", base, "--lora-rank", "0"], "at least 1")
+    refused(["--base", base, "--lora-out", rel], "input file")
+
+
+def test_extract_skips_unchanged_tensors(tmp_path):
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    same = str(tmp_path / "same.safetensors")
+    t = load_file(rel)
+    t.update({k: v for k, v in load_file(base).items()})  # backbone = base: nothing learned
+    save_file(t, same)
+    rep = extract_lora(same, base, str(tmp_path / "l.safetensors"), 4).total()
+    assert rep["layers"] == 0 and rep["diffs"] == 0 and rep["unchanged"] == len(block_shapes(16))
+
+
+def test_memory_of_a_64_block_conversion_stays_under_twice_the_largest_tensor(tmp_path):
+    """In a fresh process, converting 64 Qwen-Image-layout blocks: the tensor data alive at once (the torch
+    allocator's exact peak) stays under 2x the largest tensor; the whole process (anonymous RSS) under
+    that plus the bookkeeping, which grows with the tensor count (headers: ~2 KB a tensor), not with size.
+    Reading whole tensors (released + base + their float32 difference: 6x for bf16) would fail the first."""
+    out = subprocess.run([sys.executable, "-m", "devtools.convert_memory", "--blocks", "64", "--dim", "128",
+                          "--rank", "16", "--dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout[out.stdout.index("{"):])
+    assert r["blocks"] == 64 and r["report"]["layers"] == 64 * 14
+    assert r["torch_x_largest"] <= 2.0, r
+    assert r["rss_anon"] <= 2 * r["largest_tensor"] + 4096 * r["tensors"], r
+
+
+def test_a_damaged_release_is_refused(tmp_path):
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    t = load_file(rel)
+    t["transformer_blocks.0.attn.to_k.weight"][3, 4] = float("nan")
+    save_file(t, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(Exception, match="NaN or Inf"):
+        extract_lora(str(tmp_path / "nan.safetensors"), base, str(tmp_path / "l.safetensors"), 4)
+    assert not os.path.exists(tmp_path / "l.safetensors") and not os.path.exists(tmp_path / "l.safetensors.data.partial")
