@@ -1,6 +1,5 @@
 """LoRA layers, their file in ComfyUI's format, and joint training with the routers (elastic_core.lora)."""
 import json
-import math
 
 import pytest
 import torch
