@@ -2,7 +2,7 @@
 distill) against routers + LoRA at several ranks against full end-to-end training (objective
 anchored), every method with the toy benchmark's one training budget (variants.Budget), then sampled
 with the full method (skip + width + cache) at matched compute and compared with the ORIGINAL dense
-model's output at the reference step count, from the benchmark's scene sets and noise.
+model's output at the reference step count, from the benchmark's scene sets and noise (PSNR, SSIM).
 
     python -m elastic_core.toy_lora [--steps 600] [--ranks 4 16] [--seeds 0 1] [--targets 0.4 0.5 0.6]
                                     [--methods routers lora e2e] [--size medium] [--lora-lr 1e-4]
@@ -12,9 +12,11 @@ model's output at the reference step count, from the benchmark's scene sets and 
 routers + LoRA: the LoRA (elastic_core.lora, on every block's attention and MLP linears) and the
 routers train jointly under the routers-only target, the frozen ORIGINAL model's guided prediction on
 its own sampling paths (the budget's trajectory bank); the LoRA is merged into a copy of the model
-before sampling. Matched compute: tau is set per trained model on the benchmark's calibration scenes
-(benchmark.Bench.knobs), compute counting the routers (methods.elastic); the reuse band, K and cache
-window are the shipped toy defaults for every method. Trained models are cached in --artifacts.
+before sampling. Matched compute, compute counting the routers (methods.elastic): per trained model,
+every (tau, reuse band) of GRID runs on the benchmark's calibration scenes; the settings on the upper
+envelope just below and above each target run on the test sets, and the target is read off the line
+between them (benchmark.at_compute); K and the cache window are the shipped toy defaults. Trained
+models are cached in --artifacts.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ import torch
 from .config import ElasticConfig
 from .lora import JointTrainer, LoraSet, attach, find_targets, merge
 from .toy import pipeline as P
-from .toy.benchmark import SIZES, Bench, Size
-from .toy.suite import edit_curve
+from .toy import methods as M
+from .toy.benchmark import SIZES, Bench, Size, at_compute, frontier
 from .toy.training import BANK_STEPS, TrajectoryBank, frozen_copy, new_routers, router_perf
 from .toy.variants import Artifacts, Budget, Variant
 
@@ -78,10 +80,45 @@ def train_method(art: Artifacts, budget: Budget, method: str, rank: int, lora_lr
     return v, 0 if method == "routers" else sum(p.numel() for p in v.model.parameters())
 
 
+# (tau, reuse band delta) tried on the calibration scenes; tau alone moves compute in steps here (the
+# routers' gates sit near 0 or 1, most of the open ones at the same p), the band fills the gaps
+GRID = tuple((tau, delta) for delta in (0.05, 0.5) for tau in (0.0, 0.5, 0.9, 0.97, 1.0))
+
+
+def bracket(points: list[dict], target: float) -> list[dict]:
+    """The calibration points on the upper envelope just below and just above `target` compute."""
+    front = frontier(points)
+    below = [p for p in front if p["compute"] <= target]
+    above = [p for p in front if p["compute"] >= target]
+    return ([below[-1]] if below else []) + ([above[0]] if above else [])
+
+
+def curve(b: Bench, v: Variant, config: ElasticConfig, name: str, targets) -> dict:
+    """Quality against compute of one trained model: every GRID setting on the calibration scenes, the
+    envelope's settings around each target run on the test sets, each target read off between them
+    (benchmark.at_compute). -> {"points": test points, "at": {target: {compute, psnr, ssim} or None}}"""
+    ref = b.size.ref_steps
+    cal = []
+    for tau, delta in GRID:
+        out = M.elastic(v.model, v.routers, config.with_(tau=tau, delta=delta), b.calib, ref, ref)
+        cal.append({"compute": out.compute, "psnr": b.calib_psnr(out), "tau": tau, "delta": delta})
+    picked = {(p["tau"], p["delta"]): p for t in targets for p in bracket(cal, t)}
+    points = []
+    for (tau, delta) in sorted(picked, key=lambda k: picked[k]["compute"]):
+        pt, _ = b.measure(name, lambda s: M.elastic(v.model, v.routers, config.with_(tau=tau, delta=delta), s, ref,
+                                                     ref), tau=tau, delta=delta)
+        points.append({k: pt[k] for k in ("tau", "delta", *KEYS, *(k + "_range" for k in KEYS))})
+    at = {}
+    for t in targets:
+        vals = {k: at_compute(points, t, k) for k in ("psnr", "ssim")}
+        at[str(t)] = None if vals["psnr"] is None else {"compute": t, **vals}
+    return {"calibration": cal, "points": points, "at": at}
+
+
 def run(budget: Budget = Budget(), size: Size = SIZES["medium"], ranks=(4, 16), seeds=(0, 1),
         targets=(0.4, 0.5, 0.6), methods=("routers", "lora", "e2e"), lora_lr: float = LORA_LR,
         dit: str = P.DIT_FILE, artifacts: str | None = None, log=print) -> dict:
-    size = replace(size, targets=tuple(targets), budget=budget)
+    size = replace(size, budget=budget)
     base = P.load_dit(dit).requires_grad_(False)
     b = Bench(size, base, log=lambda s: None)  # the benchmark's test and calibration sets, dense references
     art = Artifacts(artifacts, dit, log)
@@ -94,13 +131,14 @@ def run(budget: Budget = Budget(), size: Size = SIZES["medium"], ranks=(4, 16), 
             t0 = time.perf_counter()
             v, extra = train_method(art, replace(budget, seed=seed), method, rank, lora_lr)
             t1 = time.perf_counter()
-            pts, _ = edit_curve(b, v, config, name)
-            points = [{k: p[k] for k in ("target", "tau", *KEYS, *(k + "_range" for k in KEYS))} for p in pts]
-            rows.append({"method": name, "seed": seed, "rank": rank, "trained_params": extra, "points": points,
+            c = curve(b, v, config, name, targets)
+            rows.append({"method": name, "seed": seed, "rank": rank, "trained_params": extra, **c,
                          "train_s": t1 - t0, "measure_s": time.perf_counter() - t1})
-            log(f"{name:<20} seed {seed}: " + ", ".join(f"{p['compute']:.0%} -> {p['psnr']:.2f} dB / {p['ssim']:.3f}"
-                                                       for p in points)
-                + f"  (train {t1 - t0:.0f} s, measure {time.perf_counter() - t1:.0f} s)")
+            log(f"{name:<20} seed {seed}: " + ", ".join(
+                f"{t:.0%} -> " + ("n/a" if a is None else f"{a['psnr']:.2f} dB / {a['ssim']:.3f}")
+                for t, a in zip(targets, c["at"].values())) + "  (measured " + ", ".join(
+                f"{p['compute']:.0%}: {p['psnr']:.2f}" for p in c["points"])
+                + f"; train {t1 - t0:.0f} s, measure {time.perf_counter() - t1:.0f} s)")
     return {"budget": {**asdict(budget), "lora_lr": lora_lr}, "size": {"sets": size.sets, "scenes": size.scenes,
             "calib": size.calib, "ref_steps": size.ref_steps}, "targets": list(targets), "seeds": list(seeds),
             "config": config.to_dict(), "threads": torch.get_num_threads(), "rows": rows,
@@ -108,15 +146,17 @@ def run(budget: Budget = Budget(), size: Size = SIZES["medium"], ranks=(4, 16), 
 
 
 def summarize(rows: list[dict], targets) -> list[dict]:
-    """Per method and target: mean and std over seeds of each seed's mean over the test sets."""
+    """Per method and target: mean and std over the seeds that reach the target."""
     out = []
     for name in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == name]
-        for j, t in enumerate(targets):
-            s = {"method": name, "target": t, "seeds": [r["seed"] for r in rs], "trained_params": rs[0]["trained_params"]}
-            for k in KEYS:
-                v = np.array([r["points"][j][k] for r in rs])
-                s.update({k: float(v.mean()), k + "_std": float(v.std()), k + "_per_seed": v.tolist()})
+        for t in targets:
+            got = [(r["seed"], r["at"][str(t)]) for r in rs if r["at"].get(str(t))]
+            s = {"method": name, "target": t, "seeds": [sd for sd, _ in got], "trained_params": rs[0]["trained_params"]}
+            for k in ("psnr", "ssim"):
+                v = np.array([a[k] for _, a in got], dtype=np.float64)
+                s.update({k: float(v.mean()) if len(v) else None, k + "_std": float(v.std()) if len(v) else None,
+                          k + "_per_seed": v.tolist()})
             out.append(s)
     return out
 
@@ -143,7 +183,8 @@ def format_summary(r: dict) -> str:
         by.setdefault(x["method"], []).append(x)
     for name, xs in by.items():
         lines.append(f"{name:<20} {xs[0]['trained_params']:>8} " + " ".join(
-            f"{x['compute']:>4.0%} {x['psnr']:5.2f}+-{x['psnr_std']:.2f} dB {x['ssim']:.3f}+-{x['ssim_std']:.3f}"
+            f"{'n/a':>30}" if x["psnr"] is None else
+            f"{x['psnr']:5.2f}+-{x['psnr_std']:.2f} dB {x['ssim']:.3f}+-{x['ssim_std']:.3f} ({len(x['seeds'])})"
             for x in xs))
     return "\n".join(lines)
 
@@ -156,7 +197,6 @@ def main(argv=None) -> int:
     p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--size", choices=list(SIZES), default="medium", help="the benchmark's scene sets (benchmark.SIZES)")
-    p.add_argument("--grid-stride", type=int, default=2, help="every n-th tau of the benchmark's grid on calibration")
     p.add_argument("--lora-lr", type=float, default=LORA_LR)
     p.add_argument("--dit", default=P.DIT_FILE, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--artifacts", default=os.path.join("bench-results", "toy-artifacts"),
@@ -174,7 +214,7 @@ def main(argv=None) -> int:
     else:
         torch.set_num_threads(a.threads)
         r = run(replace(SIZES[a.size].budget if a.size == "quick" else Budget(), steps=a.steps),
-                replace(SIZES[a.size], grid_stride=a.grid_stride),
+                SIZES[a.size],
                 tuple(a.ranks), tuple(a.seeds), tuple(a.targets), tuple(a.methods), a.lora_lr, a.dit, a.artifacts,
                 log=lambda s: print(s, flush=True))
     print(format_summary(r))
