@@ -38,7 +38,7 @@ from .toy.training import BANK_STEPS, TrajectoryBank, frozen_copy, new_routers, 
 from .toy.variants import Artifacts, Budget, Variant
 
 LORA_LR = 1e-4  # Train Elastic Router's default LoRA learning rate
-METHODS = {"routers": "routers only", "lora": "routers + LoRA r{rank}", "e2e": "end to end"}
+METHODS = {"routers": "routers only", "lora": "routers + LoRA r{rank}, lr {lr:g}", "e2e": "end to end"}
 KEYS = ("compute", "psnr", "ssim", "true_psnr")
 
 
@@ -126,13 +126,14 @@ def run(budget: Budget = Budget(), size: Size = SIZES["medium"], ranks=(4, 16), 
     todo = [(m, r) for m in methods for r in (ranks if m == "lora" else (0,))]
     rows = []
     for method, rank in todo:
-        name = METHODS[method].format(rank=rank)
+        name = METHODS[method].format(rank=rank, lr=lora_lr)
         for seed in seeds:
             t0 = time.perf_counter()
             v, extra = train_method(art, replace(budget, seed=seed), method, rank, lora_lr)
             t1 = time.perf_counter()
             c = curve(b, v, config, name, targets)
-            rows.append({"method": name, "seed": seed, "rank": rank, "trained_params": extra, **c,
+            rows.append({"method": name, "seed": seed, "rank": rank, "lora_lr": lora_lr if rank else None,
+                         "trained_params": extra, **c,
                          "train_s": t1 - t0, "measure_s": time.perf_counter() - t1})
             log(f"{name:<20} seed {seed}: " + ", ".join(
                 f"{t:.0%} -> " + ("n/a" if a is None else f"{a['psnr']:.2f} dB / {a['ssim']:.3f}")
@@ -162,12 +163,22 @@ def summarize(rows: list[dict], targets) -> list[dict]:
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """One result from runs of the same settings on different seeds or methods (one process each)."""
+    """One result from runs of the same budget and scene sets on different seeds, methods or LoRA
+    learning rates (one process each)."""
+    def same(r):
+        return {k: v for k, v in r["budget"].items() if k != "lora_lr"}, r["size"], r["targets"]
     for p in parts[1:]:
-        if (p["budget"], p["size"], p["targets"]) != (parts[0]["budget"], parts[0]["size"], parts[0]["targets"]):
-            raise ValueError("--merge: the files were made with different budgets, sizes or targets")
+        if same(p) != same(parts[0]):
+            raise ValueError("--merge: the files were made with different budgets, scene sets or targets")
     r = dict(parts[0])
-    r["rows"] = [row for p in parts for row in p["rows"]]
+    r["rows"] = []
+    for p in parts:
+        for row in p["rows"]:
+            if row["rank"] and "lora_lr" not in row:  # a file written before rows carried their rate
+                row = dict(row, lora_lr=p["budget"]["lora_lr"],
+                           method=METHODS["lora"].format(rank=row["rank"], lr=p["budget"]["lora_lr"]))
+            r["rows"].append(row)
+    r["budget"] = same(parts[0])[0]
     r["seeds"] = sorted({row["seed"] for row in r["rows"]})
     r["summary"] = summarize(r["rows"], r["targets"])
     return r
@@ -177,12 +188,12 @@ def format_summary(r: dict) -> str:
     s = r["size"]
     lines = [f"toy world, {s['sets']} test sets x {s['scenes']} scenes, {s['ref_steps']} steps, budget "
              f"{r['budget']['steps']} steps; vs the original dense output, mean +- std over seeds {r['seeds']}",
-             f"{'method':<20} {'params':>8} " + " ".join(f"{'@' + format(t, '.0%'):>30}" for t in r["targets"])]
+             f"{'method':<30} {'params':>8} " + " ".join(f"{'@' + format(t, '.0%'):>30}" for t in r["targets"])]
     by: dict[str, list] = {}
     for x in r["summary"]:
         by.setdefault(x["method"], []).append(x)
     for name, xs in by.items():
-        lines.append(f"{name:<20} {xs[0]['trained_params']:>8} " + " ".join(
+        lines.append(f"{name:<30} {xs[0]['trained_params']:>8} " + " ".join(
             f"{'n/a':>30}" if x["psnr"] is None else
             f"{x['psnr']:5.2f}+-{x['psnr_std']:.2f} dB {x['ssim']:.3f}+-{x['ssim_std']:.3f} ({len(x['seeds'])})"
             for x in xs))
@@ -197,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--size", choices=list(SIZES), default="medium", help="the benchmark's scene sets (benchmark.SIZES)")
-    p.add_argument("--lora-lr", type=float, default=LORA_LR)
+    p.add_argument("--lora-lr", type=float, default=LORA_LR, help="the LoRA's Adam rate (default: the node's)")
     p.add_argument("--dit", default=P.DIT_FILE, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--artifacts", default=os.path.join("bench-results", "toy-artifacts"),
                    help="cache of trained models (shared with the toy benchmark)")

@@ -167,7 +167,7 @@ def test_toy_study_runs_every_method_and_leaves_the_teacher_alone(tmp_path):
     before = {k: v.clone() for k, v in load_dit().state_dict().items()}
     q = SIZES["quick"]
     r = toy_lora.run(q.budget, q, ranks=(2,), seeds=(0,), targets=(0.5,), artifacts=str(tmp_path), log=lambda s: None)
-    assert [row["method"] for row in r["rows"]] == ["routers only", "routers + LoRA r2", "end to end"]
+    assert [row["method"] for row in r["rows"]] == ["routers only", "routers + LoRA r2, lr 0.0001", "end to end"]
     params = [row["trained_params"] for row in r["rows"]]
     assert params[0] == 0 < params[1] < params[2]
     for row in r["rows"]:
@@ -178,7 +178,7 @@ def test_toy_study_runs_every_method_and_leaves_the_teacher_alone(tmp_path):
         assert min(p["psnr"] for p in row["points"]) <= at["psnr"] <= max(p["psnr"] for p in row["points"])
     for k, v in load_dit().state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert "routers + LoRA r2" in toy_lora.format_summary(r)
+    assert "routers + LoRA r2, lr 0.0001" in toy_lora.format_summary(r)
     again = toy_lora.run(q.budget, q, ranks=(2,), seeds=(1,), targets=(0.5,), methods=("lora",),
                          artifacts=str(tmp_path), log=lambda s: None)
     cached = toy_lora.run(q.budget, q, ranks=(2,), seeds=(1,), targets=(0.5,), methods=("lora",),
@@ -187,5 +187,5 @@ def test_toy_study_runs_every_method_and_leaves_the_teacher_alone(tmp_path):
     assert cached["rows"][0]["train_s"] < again["rows"][0]["train_s"]
     m = toy_lora.merge_results([r, again])
     assert m["seeds"] == [0, 1]
-    lora = [s for s in m["summary"] if s["method"] == "routers + LoRA r2"][0]
+    lora = [s for s in m["summary"] if s["method"] == "routers + LoRA r2, lr 0.0001"][0]
     assert len(lora["psnr_per_seed"]) == 2 and lora["psnr_std"] >= 0
