@@ -1,161 +1,218 @@
-"""What a LoRA buys E-DiT, measured on the toy world: routers alone (frozen backbone) against routers
-+ LoRA at several ranks against full end-to-end training (every backbone weight), each trained by the
-same dense-teacher distillation, then sampled with the full method (skip + width + cache) at matched
-compute and compared with the ORIGINAL dense model's output from the same noise.
+"""What a LoRA buys E-DiT, measured on the toy world: routers alone (frozen backbone, objective
+distill) against routers + LoRA at several ranks against full end-to-end training (objective
+anchored), every method with the toy benchmark's one training budget (variants.Budget), then sampled
+with the full method (skip + width + cache) at matched compute and compared with the ORIGINAL dense
+model's output at the reference step count, from the benchmark's scene sets and noise (PSNR, SSIM).
 
-    python -m elastic_core.toy_lora [--steps 300] [--ranks 4 16 64] [--seeds 0 1 2] [--dit FILE]
-                                    [--targets 0.4 0.5 0.6] [--samples 24] [--out bench-results/toy_lora.json]
+    python -m elastic_core.toy_lora [--steps 600] [--ranks 4 16] [--seeds 0 1] [--targets 0.4 0.5 0.6]
+                                    [--methods routers lora e2e] [--size medium] [--lora-lr 1e-4]
+                                    [--dit FILE] [--artifacts DIR] [--out bench-results/toy_lora.json]
     python -m elastic_core.toy_lora --merge seed0.json seed1.json ... --out all.json
 
-Matched compute: tau is bisected per trained model until the mean executed compute over the test
-set meets each target (the cache band delta, K and window are the shipped routers' defaults).
-Uses the toy's public functions only: pipeline.load_dit / new_routers / generate, ablation.test_set,
-world.batch, metrics.psnr, train.elastic_forward / distill_loss.
+routers + LoRA: the LoRA (elastic_core.lora, on every block's attention and MLP linears) and the
+routers train jointly under the routers-only target, the frozen ORIGINAL model's guided prediction on
+its own sampling paths (the budget's trajectory bank); the LoRA is merged into a copy of the model
+before sampling. Matched compute, compute counting the routers (methods.elastic): per trained model,
+every (tau, reuse band) of GRID runs on the benchmark's calibration scenes; the settings on the upper
+envelope just below and above each target run on the test sets, and the target is read off the line
+between them (benchmark.at_compute); K and the cache window are the shipped toy defaults. Trained
+models are cached in --artifacts.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
 from .config import ElasticConfig
 from .lora import JointTrainer, LoraSet, attach, find_targets, merge
-from .train import RouterTrainer, TrainConfig, distill_loss, elastic_forward
-from .toy.ablation import test_set
-from .toy.metrics import psnr
-from .toy.pipeline import generate, load_dit, new_routers
-from .toy.world import WorldSpec, batch
+from .toy import pipeline as P
+from .toy import methods as M
+from .toy.benchmark import SIZES, Bench, Size, at_compute, frontier
+from .toy.training import BANK_STEPS, TrajectoryBank, frozen_copy, new_routers, router_perf
+from .toy.variants import Artifacts, Budget, Variant
 
-ROUTER_LR = 3e-3  # the shipped toy routers' learning rate
-BASE = ElasticConfig(tau=0.5, delta=0.05, max_reuse=3, cache_start=0.3, cache_end=1.0)  # the shipped defaults
-
-
-def distill(teacher, student, routers, rng: np.random.Generator, batch_size: int):
-    """L_perf: the elastic student against the ORIGINAL model's dense prediction (same x_t, t, caption)."""
-    def fn():
-        x0, tok, _ = (torch.from_numpy(a) for a in batch(batch_size, rng, WorldSpec(size=student.cfg.image)))
-        t = torch.rand(batch_size)
-        xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * torch.randn_like(x0)
-        img, txt, vec = student.embed(xt, t, tok)
-        fns = [lambda s, m, b=b: dict(zip(("img", "txt"), b(s["img"], s["txt"], vec, m))) for b in student.blocks]
-        out, aux = elastic_forward(routers, fns, [b.hidden for b in student.blocks], {"img": img, "txt": txt}, vec,
-                                   0.5, lambda s: [s["txt"], s["img"]])
-        with torch.no_grad():
-            dense = teacher(xt, t, tok)
-        return distill_loss(student.head(out["img"], vec), dense), aux
-    return fn
+LORA_LR = 1e-4  # Train Elastic Router's default LoRA learning rate
+METHODS = {"routers": "routers only", "lora": "routers + LoRA r{rank}, lr {lr:g}", "e2e": "end to end"}
+KEYS = ("compute", "psnr", "ssim", "true_psnr")
 
 
-def train(teacher, method: str, rank: int, seed: int, steps: int, batch_size: int, lora_lr: float, e2e_lr: float):
-    """-> (student backbone with any LoRA merged, routers, trainable parameter count besides the routers)"""
-    torch.manual_seed(seed)
-    student = copy.deepcopy(teacher).requires_grad_(False)
-    routers = new_routers(student)
-    cfg = TrainConfig(steps=steps, lr=ROUTER_LR, rho_g=0.5, rho_w=0.6)
-    lora, extra = None, 0
+def train_lora(art: Artifacts, budget: Budget, rank: int, lora_lr: float) -> tuple[Variant, int]:
+    """Routers + a rank-`rank` LoRA on a copy of the base model, distilled from the frozen original.
+    -> (the variant with the LoRA merged into its model, the LoRA's parameter count)"""
+    name = f"lora{rank}-lr{lora_lr:g}-{budget.key()}"
+    student = P.load_dit(art.base_path).requires_grad_(False)
+    targets = find_targets((f"blocks.{i}", b) for i, b in enumerate(student.blocks))
+    n_params = sum(rank * (t.out_features + t.in_features) for t in targets)
+    paths = [None if art.folder is None else os.path.join(art.folder, f"{art.base_key}-{name}{s}.safetensors")
+             for s in ("", "-dit")]
+    if paths[0] and all(os.path.isfile(p) for p in paths):
+        return Variant(name, P.load_dit(paths[1]), P.load_toy_routers(paths[0]).routers), n_params
+    art.log(f"training routers + LoRA r{rank}: {budget.steps} steps, LoRA lr {lora_lr:g}")
+    teacher = frozen_copy(student)
+    torch.manual_seed(budget.seed)
+    lora = LoraSet(targets, rank, seed=budget.seed)
+    attach(student, lora)
+    cfg = budget.train_config(end_to_end=False)  # the backbone stays frozen; the LoRA is the trainer's 2nd group
+    routers = new_routers(student, budget.seed)
+    trainer = JointTrainer(routers, cfg, lora, lora_lr)
+    bank = TrajectoryBank(teacher, budget.bank, BANK_STEPS, budget.seed) if budget.bank else None
+    trainer.fit(router_perf(student, routers, np.random.default_rng(budget.seed), cfg, trainer.gate_kw, "distill",
+                            teacher, budget.batch, bank))
+    merge(student, lora)
+    student.eval().requires_grad_(False)
+    if paths[0]:
+        P.save_toy_routers(routers, cfg, paths[0], objective="distill", half=False, notes=f"with LoRA r{rank}")
+        P.save_dit(student, paths[1], quantize=False)
+    return Variant(name, student, routers.requires_grad_(False)), n_params
+
+
+def train_method(art: Artifacts, budget: Budget, method: str, rank: int, lora_lr: float) -> tuple[Variant, int]:
+    """-> (trained variant, trainable parameters besides the routers)"""
     if method == "lora":
-        lora = LoraSet(find_targets((f"blocks.{i}", b) for i, b in enumerate(student.blocks)), rank, seed=seed)
-        attach(student, lora)
-        trainer, extra = JointTrainer(routers, cfg, lora, lora_lr), lora.num_params()
-    elif method == "e2e":
-        student.requires_grad_(True)
-        trainer = JointTrainer(routers, cfg, student, e2e_lr)
-        extra = sum(p.numel() for p in student.parameters())
-    else:
-        trainer = RouterTrainer(routers, cfg)
-    trainer.fit(distill(teacher, student, routers, np.random.default_rng(seed), batch_size))
-    if lora is not None:
-        merge(student, lora)
-    return student.requires_grad_(False).eval(), routers.requires_grad_(False), extra, trainer.history[-1]
+        return train_lora(art, budget, rank, lora_lr)
+    v = art.edit("distill" if method == "routers" else "anchored", budget)
+    return v, 0 if method == "routers" else sum(p.numel() for p in v.model.parameters())
 
 
-def at_compute(student, routers, toks, noise, dense, steps: int, target: float, iters: int = 8) -> dict:
-    """Bisect tau until the mean executed compute meets `target`; PSNR against the dense images there."""
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(iters):
-        tau = (lo + hi) / 2
-        imgs, rec, _ = generate(student, toks, noise, steps, routers, BASE.with_(tau=tau))
-        frac = rec.totals()["executed_fraction"]
-        if best is None or abs(frac - target) < abs(best["compute"] - target):
-            best = {"tau": tau, "compute": frac, "psnr_db": psnr(imgs, dense)}
-        lo, hi = (tau, hi) if frac > target else (lo, tau)  # more compute than wanted: raise tau (skip more)
-    return best
+# (tau, reuse band delta) tried on the calibration scenes; tau alone moves compute in steps here (the
+# routers' gates sit near 0 or 1, most of the open ones at the same p), the band fills the gaps
+GRID = tuple((tau, delta) for delta in (0.05, 0.5) for tau in (0.0, 0.5, 0.9, 0.97, 1.0))
 
 
-def run(steps=300, ranks=(4, 16, 64), seeds=(0, 1, 2), targets=(0.4, 0.5, 0.6), samples=24, sample_steps=20,
-        batch_size=16, lora_lr=1e-3, e2e_lr=3e-4, dit=None, log=print) -> dict:
-    teacher = (load_dit(dit) if dit else load_dit()).requires_grad_(False)
-    toks, noise, _ = test_set(teacher, samples, seed=1)
-    dense, _, _ = generate(teacher, toks, noise, sample_steps)
-    methods = [("routers only", "routers", 0)] + [(f"routers + LoRA r{r}", "lora", r) for r in ranks] + \
-              [("end to end", "e2e", 0)]
+def bracket(points: list[dict], target: float) -> list[dict]:
+    """The calibration points on the upper envelope just below and just above `target` compute."""
+    front = frontier(points)
+    below = [p for p in front if p["compute"] <= target]
+    above = [p for p in front if p["compute"] >= target]
+    return ([below[-1]] if below else []) + ([above[0]] if above else [])
+
+
+def curve(b: Bench, v: Variant, config: ElasticConfig, name: str, targets) -> dict:
+    """Quality against compute of one trained model: every GRID setting on the calibration scenes, the
+    envelope's settings around each target run on the test sets, each target read off between them
+    (benchmark.at_compute). -> {"points": test points, "at": {target: {compute, psnr, ssim} or None}}"""
+    ref = b.size.ref_steps
+    cal = []
+    for tau, delta in GRID:
+        out = M.elastic(v.model, v.routers, config.with_(tau=tau, delta=delta), b.calib, ref, ref)
+        cal.append({"compute": out.compute, "psnr": b.calib_psnr(out), "tau": tau, "delta": delta})
+    picked = {(p["tau"], p["delta"]): p for t in targets for p in bracket(cal, t)}
+    points = []
+    for (tau, delta) in sorted(picked, key=lambda k: picked[k]["compute"]):
+        pt, _ = b.measure(name, lambda s: M.elastic(v.model, v.routers, config.with_(tau=tau, delta=delta), s, ref,
+                                                     ref), tau=tau, delta=delta)
+        points.append({k: pt[k] for k in ("tau", "delta", *KEYS, *(k + "_range" for k in KEYS))})
+    at = {}
+    for t in targets:
+        vals = {k: at_compute(points, t, k) for k in ("psnr", "ssim")}
+        at[str(t)] = None if vals["psnr"] is None else {"compute": t, **vals}
+    return {"calibration": cal, "points": points, "at": at}
+
+
+def run(budget: Budget = Budget(), size: Size = SIZES["medium"], ranks=(4, 16), seeds=(0, 1),
+        targets=(0.4, 0.5, 0.6), methods=("routers", "lora", "e2e"), lora_lr: float = LORA_LR,
+        dit: str = P.DIT_FILE, artifacts: str | None = None, log=print) -> dict:
+    size = replace(size, budget=budget)
+    base = P.load_dit(dit).requires_grad_(False)
+    b = Bench(size, base, log=lambda s: None)  # the benchmark's test and calibration sets, dense references
+    art = Artifacts(artifacts, dit, log)
+    config = ElasticConfig(**P.TOY_DEFAULTS)
+    todo = [(m, r) for m in methods for r in (ranks if m == "lora" else (0,))]
     rows = []
-    for name, method, rank in methods:
+    for method, rank in todo:
+        name = METHODS[method].format(rank=rank, lr=lora_lr)
         for seed in seeds:
             t0 = time.perf_counter()
-            student, routers, extra, last = train(teacher, method, rank, seed, steps, batch_size, lora_lr, e2e_lr)
-            native, _, _ = generate(student, toks, noise, sample_steps, routers, BASE)
-            points = [at_compute(student, routers, toks, noise, dense, sample_steps, t) for t in targets]
-            row = {"method": name, "seed": seed, "rank": rank, "trained_params": extra, "loss": last["loss"],
-                   "perf": last["perf"], "train_s": time.perf_counter() - t0, "points": points}
-            rows.append(row)
-            log(f"{name:<22} seed {seed}: " + ", ".join(f"{p['compute']:.0%} -> {p['psnr_db']:.1f} dB" for p in points)
-                + f"  (distill loss {last['perf']:.4f}, {row['train_s']:.0f} s)")
-    return {"steps": steps, "batch": batch_size, "router_lr": ROUTER_LR, "lora_lr": lora_lr, "e2e_lr": e2e_lr,
-            "samples": samples, "sample_steps": sample_steps, "targets": list(targets), "seeds": list(seeds),
-            "config": BASE.to_dict(), "rows": rows, "summary": summarize(rows, targets)}
+            v, extra = train_method(art, replace(budget, seed=seed), method, rank, lora_lr)
+            t1 = time.perf_counter()
+            c = curve(b, v, config, name, targets)
+            rows.append({"method": name, "seed": seed, "rank": rank, "lora_lr": lora_lr if rank else None,
+                         "trained_params": extra, **c,
+                         "train_s": t1 - t0, "measure_s": time.perf_counter() - t1})
+            log(f"{name:<20} seed {seed}: " + ", ".join(
+                f"{t:.0%} -> " + ("n/a" if a is None else f"{a['psnr']:.2f} dB / {a['ssim']:.3f}")
+                for t, a in zip(targets, c["at"].values())) + "  (measured " + ", ".join(
+                f"{p['compute']:.0%}: {p['psnr']:.2f}" for p in c["points"])
+                + f"; train {t1 - t0:.0f} s, measure {time.perf_counter() - t1:.0f} s)")
+    return {"budget": {**asdict(budget), "lora_lr": lora_lr}, "size": {"sets": size.sets, "scenes": size.scenes,
+            "calib": size.calib, "ref_steps": size.ref_steps}, "targets": list(targets), "seeds": list(seeds),
+            "config": config.to_dict(), "threads": torch.get_num_threads(), "rows": rows,
+            "summary": summarize(rows, targets)}
 
 
 def summarize(rows: list[dict], targets) -> list[dict]:
+    """Per method and target: mean and std over the seeds that reach the target."""
     out = []
     for name in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == name]
-        for j, t in enumerate(targets):
-            v = np.array([r["points"][j]["psnr_db"] for r in rs])
-            c = np.array([r["points"][j]["compute"] for r in rs])
-            out.append({"method": name, "target": t, "compute": float(c.mean()), "psnr_mean": float(v.mean()),
-                        "psnr_std": float(v.std()), "psnr_per_seed": v.tolist(),
-                        "trained_params": rs[0]["trained_params"]})
+        for t in targets:
+            got = [(r["seed"], r["at"][str(t)]) for r in rs if r["at"].get(str(t))]
+            s = {"method": name, "target": t, "seeds": [sd for sd, _ in got], "trained_params": rs[0]["trained_params"]}
+            for k in ("psnr", "ssim"):
+                v = np.array([a[k] for _, a in got], dtype=np.float64)
+                s.update({k: float(v.mean()) if len(v) else None, k + "_std": float(v.std()) if len(v) else None,
+                          k + "_per_seed": v.tolist()})
+            out.append(s)
     return out
 
 
 def merge_results(parts: list[dict]) -> dict:
-    """One result from runs of the same settings on different seeds (e.g. one process per seed)."""
+    """One result from runs of the same budget and scene sets on different seeds, methods or LoRA
+    learning rates (one process each)."""
+    def same(r):
+        return {k: v for k, v in r["budget"].items() if k != "lora_lr"}, r["size"], r["targets"]
+    for p in parts[1:]:
+        if same(p) != same(parts[0]):
+            raise ValueError("--merge: the files were made with different budgets, scene sets or targets")
     r = dict(parts[0])
-    r["rows"] = [row for p in parts for row in p["rows"]]
+    r["rows"] = []
+    for p in parts:
+        for row in p["rows"]:
+            if row["rank"] and "lora_lr" not in row:  # a file written before rows carried their rate
+                row = dict(row, lora_lr=p["budget"]["lora_lr"],
+                           method=METHODS["lora"].format(rank=row["rank"], lr=p["budget"]["lora_lr"]))
+            r["rows"].append(row)
+    r["budget"] = same(parts[0])[0]
     r["seeds"] = sorted({row["seed"] for row in r["rows"]})
     r["summary"] = summarize(r["rows"], r["targets"])
     return r
 
 
 def format_summary(r: dict) -> str:
-    lines = [f"toy world, {r['samples']} test scenes, {r['sample_steps']} steps; PSNR vs the original dense output "
-             f"(mean +- std over seeds {r['seeds']})",
-             f"{'method':<22} {'params':>9} " + " ".join(f"{'@' + format(t, '.0%'):>16}" for t in r["targets"])]
-    by = {}
-    for s in r["summary"]:
-        by.setdefault(s["method"], []).append(s)
-    for name, ss in by.items():
-        lines.append(f"{name:<22} {ss[0]['trained_params']:>9} " + " ".join(
-            f"{s['psnr_mean']:>6.2f} +- {s['psnr_std']:.2f} dB" for s in ss))
+    s = r["size"]
+    lines = [f"toy world, {s['sets']} test sets x {s['scenes']} scenes, {s['ref_steps']} steps, budget "
+             f"{r['budget']['steps']} steps; vs the original dense output, mean +- std over seeds {r['seeds']}",
+             f"{'method':<30} {'params':>8} " + " ".join(f"{'@' + format(t, '.0%'):>30}" for t in r["targets"])]
+    by: dict[str, list] = {}
+    for x in r["summary"]:
+        by.setdefault(x["method"], []).append(x)
+    for name, xs in by.items():
+        lines.append(f"{name:<30} {xs[0]['trained_params']:>8} " + " ".join(
+            f"{'n/a':>30}" if x["psnr"] is None else
+            f"{x['psnr']:5.2f}+-{x['psnr_std']:.2f} dB {x['ssim']:.3f}+-{x['ssim_std']:.3f} ({len(x['seeds'])})"
+            for x in xs))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m elastic_core.toy_lora", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--ranks", type=int, nargs="+", default=[4, 16, 64])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=Budget().steps, help="training steps of every method (the budget)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[4, 16])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])
-    p.add_argument("--samples", type=int, default=24)
-    p.add_argument("--lora-lr", type=float, default=1e-3)
-    p.add_argument("--e2e-lr", type=float, default=3e-4)
-    p.add_argument("--dit", default=None, help="the toy DiT to start from (default: the shipped one)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--size", choices=list(SIZES), default="medium", help="the benchmark's scene sets (benchmark.SIZES)")
+    p.add_argument("--lora-lr", type=float, default=LORA_LR, help="the LoRA's Adam rate (default: the node's)")
+    p.add_argument("--dit", default=P.DIT_FILE, help="the toy DiT to start from (default: the shipped one)")
+    p.add_argument("--artifacts", default=os.path.join("bench-results", "toy-artifacts"),
+                   help="cache of trained models (shared with the toy benchmark)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join("bench-results", "toy_lora.json"))
     p.add_argument("--merge", nargs="+", default=None, help="merge these result files (one per seed) into --out")
     a = p.parse_args(argv)
@@ -166,8 +223,11 @@ def main(argv=None) -> int:
                 parts.append(json.load(f))
         r = merge_results(parts)
     else:
-            r = run(a.steps, tuple(a.ranks), tuple(a.seeds), tuple(a.targets), a.samples, lora_lr=a.lora_lr,
-                e2e_lr=a.e2e_lr, dit=a.dit, log=lambda s: print(s, flush=True))
+        torch.set_num_threads(a.threads)
+        r = run(replace(SIZES[a.size].budget if a.size == "quick" else Budget(), steps=a.steps),
+                SIZES[a.size],
+                tuple(a.ranks), tuple(a.seeds), tuple(a.targets), tuple(a.methods), a.lora_lr, a.dit, a.artifacts,
+                log=lambda s: print(s, flush=True))
     print(format_summary(r))
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

@@ -1,6 +1,5 @@
 """LoRA layers, their file in ComfyUI's format, and joint training with the routers (elastic_core.lora)."""
 import json
-import math
 
 import pytest
 import torch
@@ -158,17 +157,35 @@ def test_router_only_state_has_no_lora(tmp_path):
         assert state_lora(f.metadata()) is None
 
 
-def test_toy_study_runs_every_method_and_leaves_the_teacher_alone():
-    """The toy-world study (elastic_core.toy_lora) in miniature: each method trains a copy of the toy
-    DiT against the untouched original and is measured at the compute target."""
+def test_toy_study_runs_every_method_and_leaves_the_teacher_alone(tmp_path):
+    """The toy-world study (elastic_core.toy_lora) in miniature, on the benchmark's quick size: each
+    method trains a copy of the toy DiT against the untouched original and is measured at the compute
+    target; a second run reads the trained models back from the cache; per-seed files merge."""
     from elastic_core import toy_lora
+    from elastic_core.toy.benchmark import SIZES
     from elastic_core.toy.pipeline import load_dit
     before = {k: v.clone() for k, v in load_dit().state_dict().items()}
-    r = toy_lora.run(steps=2, ranks=(2,), seeds=(0,), targets=(0.5,), samples=2, sample_steps=3, log=lambda s: None)
-    assert [row["method"] for row in r["rows"]] == ["routers only", "routers + LoRA r2", "end to end"]
+    q = SIZES["quick"]
+    r = toy_lora.run(q.budget, q, ranks=(2,), seeds=(0,), targets=(0.5,), artifacts=str(tmp_path), log=lambda s: None)
+    assert [row["method"] for row in r["rows"]] == ["routers only", "routers + LoRA r2, lr 0.0001", "end to end"]
     params = [row["trained_params"] for row in r["rows"]]
     assert params[0] == 0 < params[1] < params[2]
-    assert all(math.isfinite(row["points"][0]["psnr_db"]) for row in r["rows"])
+    for row in r["rows"]:
+        computes = [p["compute"] for p in row["points"]]
+        assert computes == sorted(computes) and 0 < computes[0] <= 0.5 <= computes[-1] <= 1.05  # 0.5 bracketed
+        assert all(p["psnr"] > 5 and 0 < p["ssim"] <= 1 for p in row["points"])  # inf: identical to dense
+        at = row["at"]["0.5"]
+        assert min(p["psnr"] for p in row["points"]) <= at["psnr"] <= max(p["psnr"] for p in row["points"])
     for k, v in load_dit().state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert "routers + LoRA r2" in toy_lora.format_summary(r)
+    assert "routers + LoRA r2, lr 0.0001" in toy_lora.format_summary(r)
+    again = toy_lora.run(q.budget, q, ranks=(2,), seeds=(1,), targets=(0.5,), methods=("lora",),
+                         artifacts=str(tmp_path), log=lambda s: None)
+    cached = toy_lora.run(q.budget, q, ranks=(2,), seeds=(1,), targets=(0.5,), methods=("lora",),
+                          artifacts=str(tmp_path), log=lambda s: None)
+    assert cached["rows"][0]["points"] == again["rows"][0]["points"]  # the cached LoRA model samples the same
+    assert cached["rows"][0]["train_s"] < again["rows"][0]["train_s"]
+    m = toy_lora.merge_results([r, again])
+    assert m["seeds"] == [0, 1]
+    lora = [s for s in m["summary"] if s["method"] == "routers + LoRA r2, lr 0.0001"][0]
+    assert len(lora["psnr_per_seed"]) == 2 and lora["psnr_std"] >= 0
