@@ -11,6 +11,7 @@ import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
 from tests.comfy.records import assert_batch_is_each_alone, block_refs as _refs, event_rows as _rows
+from tests.comfy.width_ref import zero_fused_single_block_beyond
 from tests.router_probe import split_gate
 
 KINDS = ["hunyuan3d", "hunyuan3d21"]
@@ -84,11 +85,8 @@ def _zero_beyond(dm, ref, k: int) -> None:
     """Zero hidden channels k.. of the feed-forwards the block's width cut applies to."""
     blk = dm.get_submodule(ref.path)
     with torch.no_grad():
-        if ref.hook == "single_block":  # fused: linear1 rows [3D + k:], linear2 cols [D + k:]
-            d = blk.linear2.weight.shape[0]
-            blk.linear1.weight[3 * d + k:] = 0
-            blk.linear1.bias[3 * d + k:] = 0
-            blk.linear2.weight[:, d + k:] = 0
+        if ref.hook == "single_block":
+            zero_fused_single_block_beyond(blk, k)
             return
         if ref.hook == "double_block":
             pairs = [(mlp[0], mlp[2]) for mlp in (blk.img_mlp, blk.txt_mlp)]

@@ -12,6 +12,7 @@ import torch
 # Binds `tests` to this repo's package before ComfyUI (which has a `tests` package too) is on sys.path.
 import tests.comfy  # noqa: F401,E402
 from tests.comfy.records import assert_batch_is_each_alone, block_refs as _refs, event_rows as _rows
+from tests.comfy.width_ref import zero_fused_single_block_beyond
 from tests.router_probe import split_gate  # noqa: E402
 
 REUSE_BAND = 0.505  # in [tau, tau + delta] with the node's defaults tau 0.5, delta 0.015
@@ -190,11 +191,8 @@ def _zero_hidden_beyond(dm, ref, k, kind):
     """The reference for width k/M: hidden channels >= k contribute nothing."""
     blk = dm.get_submodule(ref.path)
     with torch.no_grad():
-        if ref.hook == "single_block":  # fused: linear1 rows [3D + k:], linear2 columns [D + k:]
-            d = blk.linear2.weight.shape[0]
-            blk.linear1.weight[3 * d + k:] = 0
-            blk.linear1.bias[3 * d + k:] = 0
-            blk.linear2.weight[:, d + k:] = 0
+        if ref.hook == "single_block":
+            zero_fused_single_block_beyond(blk, k)
             return
         for mlp in ([blk.img_mlp.net] if kind == "qwen" else [blk.img_mlp, blk.txt_mlp]):
             fc1 = mlp[0].proj if kind == "qwen" else mlp[0]
