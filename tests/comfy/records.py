@@ -1,5 +1,17 @@
 """Reading what a patched model did (imports nothing of ComfyUI, so test modules can import it early)."""
 
+SKIP, REUSE, RUN = 0, 1, 2  # elastic_core.stats action codes (checked against the pack by pack_env)
+REUSE_BAND = 0.505  # a gate probability in [tau, tau + delta] at the node's defaults tau 0.5, delta 0.015
+
+
+def pack_env(comfy):
+    """(nodes, pack, tiny, elastic) for a test module's `env` fixture, the action codes checked."""
+    from tests.comfy import elastic, tiny
+    nodes, pack = comfy
+    stats = pack.elastic_core.stats
+    assert (stats.SKIP, stats.REUSE, stats.RUN) == (SKIP, REUSE, RUN)
+    return nodes, pack, tiny, elastic
+
 
 def block_refs(pack, model):
     """The pack's BlockRefs for `model` (through its own family adapter)."""
@@ -18,7 +30,7 @@ def event_rows(rec):
     return out
 
 
-def assert_batch_is_each_alone(last_record, patched, run, straddled, streams, skip=0, run_action=2):
+def assert_batch_is_each_alone(last_record, patched, run, straddled, streams):
     """A batch of two samples whose routers disagree at step 0 on block `straddled` (sample 0 skips,
     sample 1 runs) samples each row as that sample alone does, deciding the same way. `run(model,
     rows)` samples rows of the batch ([2, ...] for all); returns the batch's output."""
@@ -29,7 +41,7 @@ def assert_batch_is_each_alone(last_record, patched, run, straddled, streams, sk
     first = {(e["stream"], e["sample"]): e["action"] for e in event_rows(rec)
              if e["step"] == 0 and e["block"] == straddled}
     for stream in streams:
-        assert first[(stream, 0)] == skip and first[(stream, 1)] == run_action, first
+        assert first[(stream, 0)] == SKIP and first[(stream, 1)] == RUN, first
     assert rec.counts()["reuse"] > 0
     batch_rows = event_rows(rec)
     key = ("step", "block", "stream", "action", "width")

@@ -10,23 +10,18 @@ import pytest
 import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
-from tests.comfy.records import assert_batch_is_each_alone, block_refs as _refs, event_rows as _rows
+from tests.comfy.records import (REUSE, REUSE_BAND, RUN, assert_batch_is_each_alone, block_refs as _refs,
+                                 event_rows as _rows, pack_env)
 from tests.comfy.width_ref import zero_fused_single_block_beyond
 from tests.router_probe import split_gate
 
 KINDS = ["hunyuan3d", "hunyuan3d21"]
 FAMILY = {"hunyuan3d": "hunyuan3d2", "hunyuan3d21": "hunyuan3d2_1"}
-REUSE_BAND = 0.505
-SKIP, REUSE, RUN = 0, 1, 2
 
 
 @pytest.fixture(scope="module")
 def env(comfy):
-    from tests.comfy import elastic, tiny
-    nodes, pack = comfy
-    stats = pack.elastic_core.stats
-    assert (stats.SKIP, stats.REUSE, stats.RUN) == (SKIP, REUSE, RUN)
-    return nodes, pack, tiny, elastic
+    return pack_env(comfy)
 
 
 def _identity(model, refs):
@@ -186,7 +181,7 @@ def _batch_case(env, kind):
 
 def _check_batch(case):
     nodes, el, model, patched, run, straddled = case
-    batch = assert_batch_is_each_alone(el.last_record, patched, run, straddled, ("cond", "uncond"), SKIP, RUN)
+    batch = assert_batch_is_each_alone(el.last_record, patched, run, straddled, ("cond", "uncond"))
     assert not torch.allclose(batch, run(model), atol=1e-4), "the routers should change the result"
 
 

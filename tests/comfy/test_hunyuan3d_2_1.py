@@ -5,24 +5,14 @@ import pytest
 import torch
 
 import tests.comfy  # noqa: F401  (bind our `tests` package before ComfyUI's)
+from tests.comfy.records import REUSE_BAND, RUN, event_rows as _rows, pack_env
 
 KIND = "hunyuan3d21"
-REUSE_BAND = 0.505
-SKIP, REUSE, RUN = 0, 1, 2
 
 
 @pytest.fixture(scope="module")
 def env(comfy):
-    from tests.comfy import elastic, tiny
-    return comfy[0], comfy[1], tiny, elastic
-
-
-def _rows(rec):
-    cols = rec.events
-    for vals in zip(*cols.values()):
-        e = dict(zip(cols, vals))
-        e["stream"] = rec.streams[e["stream"]]
-        yield e
+    return pack_env(comfy)
 
 
 def test_record_streams_name_the_condition_each_row_carries(env):

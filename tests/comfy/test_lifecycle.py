@@ -11,21 +11,16 @@ import torch
 
 # Binds `tests` to this repo's package before ComfyUI (which has a `tests` package too) is on sys.path.
 import tests.comfy  # noqa: F401,E402
-from tests.comfy.records import assert_batch_is_each_alone, block_refs as _refs, event_rows as _rows
+from tests.comfy.records import (REUSE, REUSE_BAND, RUN, assert_batch_is_each_alone, block_refs as _refs,
+                                 event_rows as _rows, pack_env)
 from tests.comfy.width_ref import zero_fused_single_block_beyond
 from tests.router_probe import split_gate  # noqa: E402
 
-REUSE_BAND = 0.505  # in [tau, tau + delta] with the node's defaults tau 0.5, delta 0.015
-SKIP, REUSE, RUN = 0, 1, 2  # elastic_core.stats action codes (checked against the pack below)
 
 
 @pytest.fixture(scope="module")
 def env(comfy):
-    from tests.comfy import elastic, tiny
-    nodes, pack = comfy
-    stats = pack.elastic_core.stats
-    assert (stats.SKIP, stats.REUSE, stats.RUN) == (SKIP, REUSE, RUN)
-    return nodes, pack, tiny, elastic
+    return pack_env(comfy)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -165,7 +160,7 @@ def test_batch_rows_equal_each_sample_alone(env, kind, cfg):
     patched = el.apply(nodes, model, ckpt, cache_start_percent=0.0)
 
     streams = ("cond", "uncond") if cfg > 1 else ("cond",)
-    batch = assert_batch_is_each_alone(el.last_record, patched, run, straddled, streams, SKIP, RUN)
+    batch = assert_batch_is_each_alone(el.last_record, patched, run, straddled, streams)
     assert not torch.allclose(batch, run(model), atol=1e-4), "the routers should change the result"
 
 

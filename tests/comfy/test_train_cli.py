@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import tests.comfy  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
