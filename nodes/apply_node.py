@@ -53,9 +53,9 @@ class ElasticDiTApply:
             "required": {
                 "model": ("MODEL", {"tooltip": "A Qwen-Image, Flux.1, Chroma or Hunyuan3D (2.0, 2.1) model. It is cloned, never changed."}),
                 "router": (ROUTER_TYPE, {"tooltip": "Routers from Load Elastic Router, made for this model."}),
-                "tau": _f(0.5, 0.0, 1.0, 0.005, "Gate threshold: a block whose gate probability is below tau is skipped. Routers whose "
-                  "gates are committed (near 0 or 1) make tau a switch, not a dial: to trade compute "
-                  "gradually, move cache_start_percent."),
+                "tau": _f(0.5, 0.0, 1.0, 0.005, "Gate threshold: a block whose gate probability is below tau is "
+                          "skipped. Routers whose gates are committed (near 0 or 1) make tau a switch, not a "
+                          "dial: to trade compute gradually, move cache_start_percent."),
                 "delta": _f(0.015, 0.0, 0.3, 0.005, "Borderline band [tau, tau + delta]: blocks in it reuse their "
                             "cached residual instead of running."),
                 "max_reuse": ("INT", {"default": 10, "min": 0, "max": 50, "step": 1, "display": "slider",
@@ -64,8 +64,8 @@ class ElasticDiTApply:
                 "adapt_width": ("BOOLEAN", {"default": True, "tooltip": "Let routers run MLPs at 1/4, 1/2 or 3/4 width."}),
                 "cache": ("BOOLEAN", {"default": True, "tooltip": "Reuse residuals of borderline blocks."}),
                 "cache_start_percent": _f(0.5, 0.0, 1.0, 0.01, "Caching starts at this point of the noise "
-                                          "schedule (0 = first step). The released code starts halfway. The smoothest way "
-                                          "to trade compute: earlier = less compute.", False),
+                                          "schedule (0 = first step). The released code starts halfway. The smoothest "
+                                          "way to trade compute: earlier = less compute.", False),
                 "cache_end_percent": _f(1.0, 0.0, 1.0, 0.01, "Caching stops at this point of the noise schedule.", False),
             },
             "optional": {
