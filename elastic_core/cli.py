@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 
 from . import bench
+from .argtypes import COUNT
 import torch
 
 from .checkpoint import PICKLE_EXTENSIONS, CheckpointError, describe, load_routers, read_header, released_plan
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=None, help="rank of that LoRA (default 64)")
     p.add_argument("--lora-out", default=None, help="the LoRA file (default: OUT's name with -lora)")
     p.add_argument("--lora-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    p.add_argument("--power-iters", type=int, default=2, help="power iterations of the randomized SVD")
+    p.add_argument("--power-iters", type=COUNT, default=2, help="power iterations of the randomized SVD")
     p.add_argument("--report", default=None, help="write every layer's error to this JSON file")
     p.set_defaults(func=_convert)
     bench.add_parser(sub)
