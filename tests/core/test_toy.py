@@ -89,6 +89,9 @@ def test_demo_quick_form_runs_and_writes_its_files(tmp_path):
     assert w["dense_s"] > 0 and w["elastic_s"] > 0 and w["ratio_range"][0] <= w["speedup"] * 1.0001
     for name in ("grid.png", "heatmap.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the heatmap shows the last (most complex) sample and says so; it once said "sample 0" (its index in
+    # a batch of one) beside the table's sample 2
+    assert r["heatmap"]["sample"] == r["rows"][-1]["sample"] == 2 and r["heatmap"]["label"].startswith("sample 2 ")
 
 
 def test_metrics():
