@@ -72,27 +72,48 @@ def _inspect(args) -> int:
     return 0
 
 
-def _refuse_out(out: str, inputs: list[str], force: bool) -> str | None:
-    """Why `out` cannot be written, or None."""
-    for src in inputs:
-        if os.path.realpath(src) == os.path.realpath(out) or (
-                os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out)):
-            return f"{out}: is an input file; expected a different output path"
-    if out.lower().endswith(PICKLE_EXTENSIONS):
+def _same(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same resolved path (symlinks, relative paths) or a hard link."""
+    return os.path.realpath(a) == os.path.realpath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def _refuse_out(out: str, inputs: list[str], others: list[str], force: bool, safetensors: bool = True) -> str | None:
+    """Why output `out` cannot be written (it names an input or another output, it exists without
+    --force, a pickle name), or None."""
+    if any(_same(src, out) for src in inputs):
+        return f"{out}: is an input file; expected a different output path"
+    if any(_same(o, out) for o in others):
+        return f"{out}: is another output of this command; expected a different path"
+    if safetensors and out.lower().endswith(PICKLE_EXTENSIONS):
         return f"{out}: has a pickle extension; expected a .safetensors output path"
     if os.path.exists(out) and not force:
         return f"{out}: exists; pass --force to overwrite it"
     return None
 
 
+def _outputs(args) -> dict[str, str]:
+    """{role: path} of everything convert writes: the router file, the LoRA and the report."""
+    out = {"routers": args.out}
+    if args.base:
+        out["lora"] = args.lora_out or os.path.splitext(args.out)[0] + "-lora.safetensors"
+    if args.report:
+        out["report"] = args.report
+    return out
+
+
 def _convert(args) -> int:
     src, out = args.released, args.out
     if args.lora_rank is not None and not args.base:
         return _error("--lora-rank needs --base (the base model the release was fine-tuned from)")
-    lora_out = (args.lora_out or os.path.splitext(out)[0] + "-lora.safetensors") if args.base else None
+    if args.report and not args.base:
+        return _error("--report needs --base (it holds the error of the LoRA)")
+    outputs = _outputs(args)
+    lora_out = outputs.get("lora")
     inputs = [src] + ([args.base] if args.base else [])
-    for path in [out] + ([lora_out] if lora_out else []):
-        why = _refuse_out(path, inputs + ([out] if path == lora_out else []), args.force)
+    paths = list(outputs.values())
+    for i, path in enumerate(paths):
+        why = _refuse_out(path, inputs, paths[:i], args.force, safetensors=path != args.report)
         if why:
             return _error(why)
     released_plan(src)  # every header check first: nothing is written for a bad input

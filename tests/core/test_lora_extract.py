@@ -175,3 +175,30 @@ def test_a_damaged_release_is_refused(tmp_path):
     with pytest.raises(Exception, match="NaN or Inf"):
         extract_lora(str(tmp_path / "nan.safetensors"), base, str(tmp_path / "l.safetensors"), 4)
     assert not os.path.exists(tmp_path / "l.safetensors") and not os.path.exists(tmp_path / "l.safetensors.data.partial")
+
+
+def test_no_output_of_convert_may_name_an_input_or_overwrite_without_force(tmp_path, capsys, monkeypatch):
+    """--report is an output like OUT and --lora-out: it may not name the release or the base (directly,
+    through a symlink or a relative path), nor another output, and an existing file needs --force."""
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    out, lora = tmp_path / "r.safetensors", tmp_path / "r-lora.safetensors"
+    rel_bytes = open(rel, "rb").read()
+    link = tmp_path / "link.json"
+    link.symlink_to(rel)
+    monkeypatch.chdir(tmp_path)
+
+    def refused(args, text):
+        assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2"] + args) == 2
+        assert text in capsys.readouterr().err
+        assert not out.exists() and not lora.exists()
+        assert open(rel, "rb").read() == rel_bytes  # the release is untouched
+    refused(["--report", rel], "is an input file")
+    refused(["--report", str(link)], "is an input file")
+    refused(["--report", os.path.relpath(base)], "is an input file")
+    refused(["--report", str(out)], "is another output")
+    refused(["--report", str(lora), "--force"], "is another output")
+    (tmp_path / "old.json").write_text("keep me")
+    refused(["--report", "old.json"], "exists; pass --force")
+    assert (tmp_path / "old.json").read_text() == "keep me"
+    assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2", "--report", "old.json", "--force"]) == 0
+    assert json.load(open(tmp_path / "old.json"))["total"]["layers"] == 14
