@@ -202,3 +202,46 @@ def test_no_output_of_convert_may_name_an_input_or_overwrite_without_force(tmp_p
     assert (tmp_path / "old.json").read_text() == "keep me"
     assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2", "--report", "old.json", "--force"]) == 0
     assert json.load(open(tmp_path / "old.json"))["total"]["layers"] == 14
+
+
+def test_a_failed_convert_writes_nothing(tmp_path, capsys):
+    """All outputs or none: a LoRA folder that does not exist is refused before anything is written (the
+    error names the user's path), a NaN found halfway leaves no router file, no LoRA, no report and no
+    temp file, and files that --force would replace are kept as they were."""
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    out, lora, report = tmp_path / "r.safetensors", tmp_path / "r-lora.safetensors", tmp_path / "e.json"
+    before = set(os.listdir(tmp_path))
+    missing = tmp_path / "no such folder" / "l.safetensors"
+    assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2", "--lora-out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing.parent) in err and "partial" not in err and "folder" in err
+    assert set(os.listdir(tmp_path)) == before
+    t = load_file(rel)
+    t["transformer_blocks.0.txt_mlp.net.2.weight"][1, 2] = float("nan")  # the last weight: the routers came first
+    save_file(t, str(tmp_path / "nan.safetensors"))
+    before = set(os.listdir(tmp_path))
+    args = ["--base", base, "--lora-rank", "2", "--report", str(report)]
+    assert main(["convert", str(tmp_path / "nan.safetensors"), str(out)] + args) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+    assert set(os.listdir(tmp_path)) == before  # nothing written, no temp file left
+    for p in (out, lora, report):
+        p.write_text("old")
+    assert main(["convert", str(tmp_path / "nan.safetensors"), str(out), "--force"] + args) == 2
+    assert all(p.read_text() == "old" for p in (out, lora, report))
+    for p in (out, lora, report):
+        p.unlink()
+    assert main(["convert", rel, str(out)] + args) == 0  # the failed runs left nothing in the way
+    assert load_routers(out).meta.provenance["lora"] == "r-lora.safetensors" and lora.exists() and report.exists()
+
+
+def test_a_write_error_names_the_output_not_its_temp_file(tmp_path):
+    from elastic_core.checkpoint import CheckpointError
+    from elastic_core.cli import _Staged
+    out = str(tmp_path / "r.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        with _Staged({"routers": out}) as tmp:
+            w = StreamWriter(tmp["routers"])
+            w.add("a", torch.ones(2))
+            raise OSError(28, "No space left on device", tmp["routers"] + ".data.partial")
+    assert str(e.value).startswith(f"{out}: could not be written (No space left on device)")
+    assert "partial" not in str(e.value) and os.listdir(tmp_path) == []
