@@ -173,7 +173,7 @@ def _convert(args) -> int:
     print(f"wrote {out}: {len(meta.block_names)} routers ({meta.family}, dim {c.dim}, hidden {c.hidden}, "
           f"{dtype}), {os.path.getsize(out) / 2**20:.1f} MiB, from {src}")
     if report is not None:
-        _print_lora(report, lora_out, rank, args.report)
+        _print_lora(report, lora_out, rank, args)
     return 0
 
 
@@ -187,16 +187,25 @@ def _convert_lora(args, src: str, tmp: dict[str, str], rank: int, router_file: s
     return report
 
 
-def _print_lora(report, lora_out: str, rank: int, report_path: str | None) -> None:
+def _print_lora(report, lora_out: str, rank: int, args) -> None:
     t = report.total()
-    print(f"wrote {lora_out}: LoRA rank {rank} on {t['layers']} weights + {t['diffs']} whole diffs (biases, norms), "
-          f"{os.path.getsize(lora_out) / 2**20:.1f} MiB; {t['unchanged']} tensors unchanged")
-    print(f"relative error of the LoRA: {t['rel_error']:.4f} of ||released - base|| in total "
-          f"({t['rel_to_weights']:.2e} of ||released||); worst layers:")
+    print(f"wrote {lora_out}: LoRA rank {t['rank']} ({args.lora_dtype}) on {t['layers']} weights + {t['diffs']} "
+          f"whole diffs (biases, norms), {os.path.getsize(lora_out) / 2**20:.1f} MiB; {t['unchanged']} tensors unchanged")
+    small = sum(x["rank"] < rank for x in report.layers)
+    if small:
+        print(f"  {small} weights are smaller than --lora-rank {rank}: they are stored at their full rank "
+              f"(at most {t['rank']}), exact up to {args.lora_dtype}")
+    print(f"relative error of the LoRA: {t['rel_error']:.4f} of ||released - base|| in total, as written in "
+          f"{args.lora_dtype} ({t['rel_to_weights']:.2e} of ||released||; whole diffs {t['diff_rel_error']:.1e}); "
+          "worst layers:")
     for x in sorted(report.layers, key=lambda x: -x["rel_error"])[:5]:
         print(f"  {x['key']}: {x['rel_error']:.4f}")
-    if report_path:
-        print(f"wrote {report_path} (the error of every layer)")
+    if args.report:
+        print(f"wrote {args.report} (the error of every layer)")
+    if not t["layers"] and not t["diffs"]:
+        print(f"warning: the release's backbone equals the base {args.base}: {lora_out} is empty (the release changed "
+              "only its routers, or --base is the release itself); the router file alone does the same",
+              file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,3 +245,48 @@ def test_a_write_error_names_the_output_not_its_temp_file(tmp_path):
             raise OSError(28, "No space left on device", tmp["routers"] + ".data.partial")
     assert str(e.value).startswith(f"{out}: could not be written (No space left on device)")
     assert "partial" not in str(e.value) and os.listdir(tmp_path) == []
+
+
+def _file_error(base, rel, lora):
+    """|| (released - base) - what the LoRA file adds || / || released - base ||, over the low-rank weights,
+    measured on the file as written (its dtype)."""
+    b, r, merged = load_file(base), load_file(rel), _merge(base, lora)
+    keys = [k for k, v in b.items() if v.dim() == 2]
+    err = sum(float(((r[k] - merged[k]) ** 2).sum()) for k in keys)
+    return (err / sum(float(((r[k] - b[k]) ** 2).sum()) for k in keys)) ** 0.5
+
+
+def test_the_reported_error_is_the_error_of_the_file_as_written(tmp_path, capsys):
+    """A rank-2 difference at rank 4 is exact in fp32 factors; the default bf16 file is not, and the report,
+    the printed line and the file's metadata say what the bf16 file holds."""
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, delta_rank=2, dtype=torch.float32)
+    for dtype, lo, hi in (("bf16", 1e-4, 2e-2), ("fp32", 0.0, 1e-5)):
+        out, lora, report = (str(tmp_path / f"{dtype}{s}") for s in (".safetensors", "-lora.safetensors", ".json"))
+        assert main(["convert", rel, out, "--base", base, "--lora-rank", "4", "--lora-dtype", dtype,
+                     "--report", report]) == 0
+        printed = capsys.readouterr().out
+        true = _file_error(base, rel, lora)
+        assert lo <= true <= hi, (dtype, true)
+        rep = json.load(open(report))["total"]
+        assert rep["rel_error"] == pytest.approx(true, rel=0.02, abs=1e-7), (dtype, rep, true)
+        assert f"relative error of the LoRA: {rep['rel_error']:.4f}" in printed and f"({dtype})" in printed
+        with safe_open(lora, "pt") as f:
+            assert float(f.metadata()["rel_error"]) == pytest.approx(true, rel=0.02, abs=1e-7)
+
+
+def test_the_rank_written_is_the_rank_the_file_holds_and_an_empty_lora_is_warned_of(tmp_path, capsys):
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, full=True, dtype=torch.float32)
+    lora = str(tmp_path / "r-lora.safetensors")
+    assert main(["convert", rel, str(tmp_path / "r.safetensors"), "--base", base, "--lora-rank", "1000"]) == 0
+    printed = capsys.readouterr()
+    with safe_open(lora, "pt") as f:
+        ranks = {f.get_tensor(k).shape[1] for k in f.keys() if k.endswith(".lora_up.weight")}
+        assert f.metadata()["rank"] == str(max(ranks)) == "16"  # 16 x 16 and 16 x 64 weights hold rank 16 at most
+    assert "LoRA rank 1000" not in printed.out and "LoRA rank 16" in printed.out and "full rank" in printed.out
+    same = str(tmp_path / "same.safetensors")
+    t = load_file(rel)
+    t.update(load_file(base))  # the backbone is the base: nothing learned
+    save_file(t, same)
+    assert main(["convert", same, str(tmp_path / "s.safetensors"), "--base", base]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "empty" in err and "s-lora.safetensors" in err
