@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from collections import Counter
 
 from . import bench
@@ -73,60 +74,139 @@ def _inspect(args) -> int:
     return 0
 
 
-def _refuse_out(out: str, inputs: list[str], force: bool) -> str | None:
-    """Why `out` cannot be written, or None."""
-    for src in inputs:
-        if os.path.realpath(src) == os.path.realpath(out) or (
-                os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out)):
-            return f"{out}: is an input file; expected a different output path"
-    if out.lower().endswith(PICKLE_EXTENSIONS):
+def _same(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same resolved path (symlinks, relative paths) or a hard link."""
+    return os.path.realpath(a) == os.path.realpath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def _refuse_out(out: str, inputs: list[str], others: list[str], force: bool, safetensors: bool = True) -> str | None:
+    """Why output `out` cannot be written (it names an input or another output, it exists without
+    --force, a pickle name), or None."""
+    if any(_same(src, out) for src in inputs):
+        return f"{out}: is an input file; expected a different output path"
+    if any(_same(o, out) for o in others):
+        return f"{out}: is another output of this command; expected a different path"
+    if safetensors and out.lower().endswith(PICKLE_EXTENSIONS):
         return f"{out}: has a pickle extension; expected a .safetensors output path"
     if os.path.exists(out) and not force:
         return f"{out}: exists; pass --force to overwrite it"
     return None
 
 
+def _outputs(args) -> dict[str, str]:
+    """{role: path} of everything convert writes: the router file, the LoRA and the report."""
+    out = {"routers": args.out}
+    if args.base:
+        out["lora"] = args.lora_out or os.path.splitext(args.out)[0] + "-lora.safetensors"
+    if args.report:
+        out["report"] = args.report
+    return out
+
+
+def _folder_problem(path: str) -> str | None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"{path}: the folder {folder} does not exist; expected an existing folder"
+    if not os.access(folder, os.W_OK):
+        return f"{path}: the folder {folder} is not writable; expected a folder this user can write to"
+    return None
+
+
+class _Staged:
+    """All outputs or none: each output is written to a temp name in its own folder (so the final
+    rename stays on one file system), and renamed over the output only once every output is written.
+    On any failure the temp files go, the outputs stay as they were, and an OSError names the output
+    the user asked for, not the temp name."""
+
+    def __init__(self, outputs: dict[str, str]):
+        self.final = outputs
+        self.tmp = {role: os.path.join(os.path.dirname(os.path.abspath(p)),
+                                       f".{os.path.basename(p)}.{uuid.uuid4().hex[:8]}.partial")
+                    for role, p in outputs.items()}
+
+    def __enter__(self) -> dict[str, str]:
+        return self.tmp
+
+    def commit(self) -> None:
+        for role, tmp in self.tmp.items():
+            os.replace(tmp, self.final[role])
+
+    def __exit__(self, kind, exc, tb):
+        for tmp in self.tmp.values():
+            for p in (tmp, tmp + ".partial", tmp + ".data.partial"):  # StreamWriter's side files too
+                if os.path.exists(p):
+                    os.remove(p)
+        name = str(getattr(exc, "filename", None) or "")
+        user = next((self.final[r] for r, t in self.tmp.items() if name.startswith(t)), None)
+        if isinstance(exc, OSError) and user is not None:
+            raise CheckpointError(f"{user}: could not be written ({exc.strerror or exc}); nothing was written") from exc
+        return False
+
+
 def _convert(args) -> int:
     src, out = args.released, args.out
     if args.lora_rank is not None and not args.base:
         return _error("--lora-rank needs --base (the base model the release was fine-tuned from)")
-    lora_out = (args.lora_out or os.path.splitext(out)[0] + "-lora.safetensors") if args.base else None
+    if args.report and not args.base:
+        return _error("--report needs --base (it holds the error of the LoRA)")
+    outputs = _outputs(args)
     inputs = [src] + ([args.base] if args.base else [])
-    for path in [out] + ([lora_out] if lora_out else []):
-        why = _refuse_out(path, inputs + ([out] if path == lora_out else []), args.force)
+    paths = list(outputs.values())
+    for i, path in enumerate(paths):
+        why = _refuse_out(path, inputs, paths[:i], args.force, safetensors=path != args.report) or _folder_problem(path)
         if why:
             return _error(why)
     released_plan(src)  # every header check first: nothing is written for a bad input
+    rank = 64 if args.lora_rank is None else args.lora_rank
     if args.base:
-        rank = 64 if args.lora_rank is None else args.lora_rank
         if rank < 1:
             return _error(f"--lora-rank {rank}: expected at least 1")
         check_base(src, args.base)
-    meta = stream_routers(src, out, {"lora": os.path.basename(lora_out)} if lora_out else None)
+    lora_out = outputs.get("lora")
+    staged = _Staged(outputs)
+    with staged as tmp:
+        meta = stream_routers(src, tmp["routers"], {"lora": os.path.basename(lora_out)} if lora_out else None)
+        dtype = read_header(tmp["routers"]).tensors["routers.0.out.0.weight"]["dtype"].lower()
+        report = _convert_lora(args, src, tmp, rank, os.path.basename(out)) if args.base else None
+        staged.commit()
     c = meta.router
-    dtype = read_header(out).tensors["routers.0.out.0.weight"]["dtype"].lower()
     print(f"wrote {out}: {len(meta.block_names)} routers ({meta.family}, dim {c.dim}, hidden {c.hidden}, "
           f"{dtype}), {os.path.getsize(out) / 2**20:.1f} MiB, from {src}")
-    if args.base:
-        _convert_lora(args, src, lora_out, rank, os.path.basename(out))
+    if report is not None:
+        _print_lora(report, lora_out, rank, args)
     return 0
 
 
-def _convert_lora(args, src: str, lora_out: str, rank: int, router_file: str) -> None:
+def _convert_lora(args, src: str, tmp: dict[str, str], rank: int, router_file: str):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.lora_dtype]
-    report = extract_lora(src, args.base, lora_out, rank, router_file, dtype, power_iters=args.power_iters,
+    report = extract_lora(src, args.base, tmp["lora"], rank, router_file, dtype, power_iters=args.power_iters,
                           log=lambda line: print(f"  {line}", flush=True))
+    if "report" in tmp:
+        with open(tmp["report"], "x") as f:
+            json.dump({"total": report.total(), "layers": report.layers, "diffs": report.diffs}, f, indent=1)
+    return report
+
+
+def _print_lora(report, lora_out: str, rank: int, args) -> None:
     t = report.total()
-    print(f"wrote {lora_out}: LoRA rank {rank} on {t['layers']} weights + {t['diffs']} whole diffs (biases, norms), "
-          f"{os.path.getsize(lora_out) / 2**20:.1f} MiB; {t['unchanged']} tensors unchanged")
-    print(f"relative error of the LoRA: {t['rel_error']:.4f} of ||released - base|| in total "
-          f"({t['rel_to_weights']:.2e} of ||released||); worst layers:")
+    print(f"wrote {lora_out}: LoRA rank {t['rank']} ({args.lora_dtype}) on {t['layers']} weights + {t['diffs']} "
+          f"whole diffs (biases, norms), {os.path.getsize(lora_out) / 2**20:.1f} MiB; {t['unchanged']} tensors unchanged")
+    small = sum(x["rank"] < rank for x in report.layers)
+    if small:
+        print(f"  {small} weights are smaller than --lora-rank {rank}: they are stored at their full rank "
+              f"(at most {t['rank']}), exact up to {args.lora_dtype}")
+    print(f"relative error of the LoRA: {t['rel_error']:.4f} of ||released - base|| in total, as written in "
+          f"{args.lora_dtype} ({t['rel_to_weights']:.2e} of ||released||; whole diffs {t['diff_rel_error']:.1e}); "
+          "worst layers:")
     for x in sorted(report.layers, key=lambda x: -x["rel_error"])[:5]:
         print(f"  {x['key']}: {x['rel_error']:.4f}")
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump({"total": t, "layers": report.layers, "diffs": report.diffs}, f, indent=1)
         print(f"wrote {args.report} (the error of every layer)")
+    if not t["layers"] and not t["diffs"]:
+        print(f"warning: the release's backbone equals the base {args.base}: {lora_out} is empty (the release changed "
+              "only its routers, or --base is the release itself); the router file alone does the same",
+              file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,9 @@ Memory: no tensor is held whole. Each weight's difference is read in row blocks 
 of each file) and its top-r part is found by a randomized SVD (Halko, Martinsson, Tropp 2011) that
 only multiplies by the difference: a few passes over row blocks, with [m, q] and [n, q] panels. The
 routers and the LoRA are streamed to disk as they are made. The error is measured, not estimated:
-a last pass computes || dW - up @ down ||_F per weight.
+a last pass computes || dW - up @ down ||_F per weight, with up and down as the file stores them
+(rounded to its dtype: bf16 by default), so the report is the error of the file, not of the fp32
+factors.
 """
 from __future__ import annotations
 
@@ -125,8 +127,9 @@ def _blocks(m: int, n: int) -> list[tuple[int, int]]:
 
 
 def low_rank(read: RowReader, m: int, n: int, rank: int, oversample: int = 8, power_iters: int = 2,
-             seed: int = 0) -> LowRank:
-    """The top-`rank` singular part of dW = released - base ([m, n]); exact when rank(dW) <= rank."""
+             seed: int = 0, dtype=torch.float32) -> LowRank:
+    """The top-`rank` singular part of dW = released - base ([m, n]); exact when rank(dW) <= rank.
+    up and down come in `dtype` (the file's); err2 is measured on them as rounded."""
     q = min(rank + oversample, m, n)
     blocks = _blocks(m, n)
 
@@ -156,14 +159,15 @@ def low_rank(read: RowReader, m: int, n: int, rank: int, oversample: int = 8, po
     u_b, s, vt = torch.linalg.svd(t_times(basis).T, full_matrices=False)  # of basis^T dW: [q, n]
     r = min(rank, q)
     root = s[:r].sqrt()
-    up, down = (basis @ u_b[:, :r]) * root, root[:, None] * vt[:r]  # [m, r], [r, n]
+    up, down = ((basis @ u_b[:, :r]) * root).to(dtype), (root[:, None] * vt[:r]).to(dtype)  # [m, r], [r, n]
+    up32, down32 = up.float(), down.float()  # what a loader computes with: the stored values
     err2 = delta2 = weight2 = 0.0
     for a, b in blocks:  # the measured residual
         rel, base = read(a, b)
         weight2 += float(torch.linalg.vector_norm(rel) ** 2)
         d = rel.sub_(base)
         delta2 += float(torch.linalg.vector_norm(d) ** 2)
-        err2 += float(torch.linalg.vector_norm(d.addmm_(up[a:b], down, alpha=-1.0)) ** 2)
+        err2 += float(torch.linalg.vector_norm(d.addmm_(up32[a:b], down32, alpha=-1.0)) ** 2)
     return LowRank(up, down, err2, delta2, weight2)
 
 
@@ -174,14 +178,18 @@ class Report:
     layers: list[dict] = dataclasses.field(default_factory=list)  # per low-rank weight: key, shape, rank, errors
     diffs: list[str] = dataclasses.field(default_factory=list)  # keys stored whole (changed biases, norms, ...)
     unchanged: int = 0  # backbone tensors equal in both files
+    diff_err2: float = 0.0  # the whole diffs: || d - d as stored ||^2 (rounding to the file's dtype)
+    diff_delta2: float = 0.0  # || d ||^2
 
     def total(self) -> dict:
+        """rel_error: of the low-rank weights, as stored; diff_rel_error: of the whole diffs, as stored."""
         err = sum(x["err2"] for x in self.layers)
         d = sum(x["delta2"] for x in self.layers)
         w = sum(x["weight2"] for x in self.layers)
         return {"layers": len(self.layers), "rel_error": math.sqrt(err / d) if d else 0.0,
                 "rel_to_weights": math.sqrt(err / w) if w else 0.0, "diffs": len(self.diffs),
-                "unchanged": self.unchanged}
+                "diff_rel_error": math.sqrt(self.diff_err2 / self.diff_delta2) if self.diff_delta2 else 0.0,
+                "unchanged": self.unchanged, "rank": max((x["rank"] for x in self.layers), default=0)}
 
 
 def _base_prefix(base_keys, keys: list[str], src: str) -> str:
@@ -248,7 +256,8 @@ def extract_lora(released: str, base: str, out: str, rank: int, router_file: str
                     log(f"{k}: {shape[0]} x {shape[1]} rank {x['rank']}, relative error {x['rel_error']:.4f}")
                 continue
             _write_diff(report, w, k, stem, fr.tensor(rk).sub_(fb.tensor(to_base[k])), dtype, (released, base))
-        w.close({"format": FORMAT, "format_version": FORMAT_VERSION, "family": "qwen_image", "rank": str(rank),
+        w.close({"format": FORMAT, "format_version": FORMAT_VERSION, "family": "qwen_image",
+                 "rank": str(report.total()["rank"]),  # what the file holds: weights smaller than `rank` clamp it
                  "router_file": router_file, "source": os.path.basename(released), "base": os.path.basename(base),
                  "rel_error": f"{report.total()['rel_error']:.6g}"})
     except BaseException:
@@ -267,7 +276,10 @@ def _write_diff(report: Report, w: StreamWriter, key: str, stem: str, d: Tensor,
     if not torch.any(d != 0):
         report.unchanged += 1
         return
-    w.add(f"{stem}.diff", d.to(dtype))
+    stored = d.to(dtype)
+    report.diff_err2 += float(torch.linalg.vector_norm(d - stored.float()) ** 2)
+    report.diff_delta2 += float(torch.linalg.vector_norm(d) ** 2)
+    w.add(f"{stem}.diff", stored)
     report.diffs.append(key)
 
 
@@ -275,7 +287,7 @@ def _write_low_rank(report: Report, w: StreamWriter, key: str, stem: str, read: 
                     oversample, power_iters, files) -> None:
     m, n = shape
     try:
-        lr = low_rank(read, m, n, rank, oversample, power_iters)
+        lr = low_rank(read, m, n, rank, oversample, power_iters, dtype=dtype)
     except FloatingPointError:
         lr = None
     _finite(lr is not None and math.isfinite(lr.weight2 + lr.delta2 + lr.err2), key, *files)
@@ -283,8 +295,8 @@ def _write_low_rank(report: Report, w: StreamWriter, key: str, stem: str, read: 
         report.unchanged += 1
         return
     r = lr.up.shape[1]
-    w.add(stem + UP, lr.up.to(dtype))
-    w.add(stem + DOWN, lr.down.to(dtype))
+    w.add(stem + UP, lr.up)
+    w.add(stem + DOWN, lr.down)
     w.add(stem + ALPHA, torch.tensor(float(r)))
     report.layers.append({"key": key, "shape": [m, n], "rank": r, "err2": lr.err2, "delta2": lr.delta2,
                           "weight2": lr.weight2, "rel_error": math.sqrt(lr.err2 / lr.delta2),

@@ -202,5 +202,10 @@ class RouterTrainer:
             if k.startswith("opt."):
                 _, i, name = k.split(".", 2)
                 state.setdefault(int(i), {})[name] = v
+        # Adam's moments and step come back; its settings (learning rates included) are this run's:
+        # load_state_dict would put the saved ones over the rates the resuming run asked for
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
         self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        for group, mine in zip(self.opt.param_groups, settings):
+            group.update(mine)
         self.step = int(meta["step"])

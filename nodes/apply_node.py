@@ -87,17 +87,19 @@ class ElasticDiTApply:
               cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", unique_id=None):
         if not isinstance(router, RouterCheckpoint):
             raise TypeError(f"router must come from Load Elastic Router, got {type(router).__name__}")
+        device = None if cache_device == "auto" else cache_device
+        chosen = PRESETS.get(preset)
+        if chosen == "file":  # the file sets the thresholds and the window: the sliders it greys out are not read
+            config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
+                                                         cache_device=device)
+            return (apply_elastic(model, router, Policy(config), node_id=unique_id),)
         if cache_start_percent > cache_end_percent:
             raise ValueError(f"cache_start_percent ({cache_start_percent}) must not exceed "
                              f"cache_end_percent ({cache_end_percent})")
         config = ElasticConfig(tau=tau, delta=delta, max_reuse=max_reuse, skip=skip_blocks, width=adapt_width,
                                cache=cache, cache_start=cache_start_percent, cache_end=cache_end_percent,
-                               cache_device=None if cache_device == "auto" else cache_device)
-        chosen = PRESETS.get(preset)
-        if chosen == "file":
-            config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
-                                                         cache_device=config.cache_device)
-        elif chosen is not None:
+                               cache_device=device)
+        if chosen is not None:
             p = PAPER_PRESETS[chosen]
             config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
         return (apply_elastic(model, router, Policy(config), node_id=unique_id),)

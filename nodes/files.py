@@ -23,6 +23,17 @@ def register_folder() -> None:
         pass
 
 
+def taken(folder: str, name: str) -> bool:
+    """Whether `name` exists in ANY folder of this type (models/<type> and extra_model_paths.yaml's):
+    ComfyUI resolves a name to the first folder that has it, so a new file of that name in the first
+    folder would hide the user's file in a later one."""
+    try:
+        paths = folder_paths.get_folder_paths(folder)
+    except KeyError:
+        return False
+    return any(os.path.exists(os.path.join(p, name)) for p in paths)
+
+
 def _files(folder: str) -> list[str]:
     try:
         names = folder_paths.get_filename_list(folder)

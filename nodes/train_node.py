@@ -31,7 +31,7 @@ from ..elastic_core.router import RouterSet
 from ..elastic_core.train import RouterTrainer, TrainConfig
 from .adapters import adapter_for
 from . import lora_train
-from .files import FOLDER
+from .files import FOLDER, taken
 from .loader_node import ROUTER_TYPE
 from .rope_grad import ensure_rope_grad
 from .patch import HOLDER_KEY, RUN_KEY, ElasticPatch, check_compatible, install
@@ -43,8 +43,8 @@ STATE_SUFFIX = ".train_state"  # beside the router file; not a .safetensors name
 
 
 def router_path(filename: str, resume: bool, lora: bool = False) -> str:
-    """models/elastic_routers/<filename>.safetensors; an existing file (or, with `lora`, an existing
-    models/loras/<filename>.safetensors) is never overwritten unless resuming."""
+    """models/elastic_routers/<filename>.safetensors; a name taken in any elastic_routers folder (or, with
+    `lora`, in any loras folder) is never reused unless resuming: a number is added instead."""
     stem = filename[:-12] if filename.lower().endswith(".safetensors") else filename
     if not _NAME.match(stem) or ".." in stem:
         raise ValueError(f"filename {filename!r}: expected a plain file name (letters, digits, space, _ . -), "
@@ -53,11 +53,15 @@ def router_path(filename: str, resume: bool, lora: bool = False) -> str:
     os.makedirs(folder, exist_ok=True)  # a fresh ComfyUI has no models/elastic_routers yet
     path = os.path.join(folder, stem + ".safetensors")
     n = 0
-    while not resume and (os.path.exists(path) or os.path.exists(path + STATE_SUFFIX)
-                          or (lora and os.path.exists(lora_train.lora_file(path)))):
+    while not resume and _in_use(os.path.basename(path), lora):
         n += 1
         path = os.path.join(folder, f"{stem}_{n:05d}.safetensors")
     return path
+
+
+def _in_use(name: str, lora: bool) -> bool:
+    return (taken(FOLDER, name) or taken(FOLDER, name + STATE_SUFFIX)
+            or (lora and taken(lora_train.LORA_FOLDER, name)))
 
 
 def _frozen_weights(m, dm) -> None:

@@ -57,6 +57,21 @@ def test_router_file_defaults_preset(env):
     assert sorted(rec.cache_steps) == [4, 5, 6, 7]  # the file's window, in the same unit as the sliders'
 
 
+def test_router_file_defaults_ignore_the_window_sliders_they_grey_out(env):
+    """`router file defaults` takes the window from the file: sliders it ignores (start past end) do not
+    stop it; the presets that use the slider window still refuse them."""
+    nodes, pack, tiny, el = env
+    model = tiny.build("flux")
+    ckpt = el.make_routers(pack, model)
+    crossed = dict(cache_start_percent=0.8, cache_end_percent=0.3)
+    _, rec = _run(env, "router file defaults", ckpt=ckpt, **crossed)
+    want = ckpt.meta.elastic_config()
+    assert (rec.config["cache_start"], rec.config["cache_end"]) == (want.cache_start, want.cache_end)
+    for preset in ("sliders", "paper: FLUX.1-dev"):
+        with pytest.raises(ValueError, match=r"cache_start_percent \(0.8\) must not exceed"):
+            _run(env, preset, ckpt=ckpt, **crossed)
+
+
 def test_widget_marks_what_each_preset_overrides(env, tmp_path):
     """The server's preset table through the widget's pure marking (node --test): the sliders marked are
     exactly what Apply takes from the preset when the graph runs."""

@@ -183,6 +183,61 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(env):
             torch.testing.assert_close(b.get_tensor(k), a.get_tensor(k), rtol=1e-5, atol=1e-7, msg=k)
 
 
+def test_resume_takes_new_learning_rates(env):
+    """Cancel, then resume with other rates: the run goes on at the new rates (both the routers' and the
+    LoRA's), not at the ones saved with Adam's state."""
+    import shutil
+
+    import folder_paths
+    nodes, pack, tiny, el, loras_dir = env
+    model = _model(tiny)
+    pos, _, lat = _inputs(tiny, model)
+    with cancel_at(3):
+        _train(nodes, model, pos, lat, filename="rates", steps=6, save_every=100)
+    folder = folder_paths.get_folder_paths("elastic_routers")[0]
+    for ext in ("", ".train_state"):  # the same saved state under a second name
+        shutil.copy(os.path.join(folder, "rates.safetensors" + ext), os.path.join(folder, "rates b.safetensors" + ext))
+    shutil.copy(os.path.join(loras_dir, "rates.safetensors"), os.path.join(loras_dir, "rates b.safetensors"))
+    same, _ = _train(nodes, model, pos, lat, filename="rates", steps=6, save_every=100, resume=True)
+    new, _ = _train(nodes, model, pos, lat, filename="rates b", steps=6, save_every=100, resume=True,
+                    learning_rate=0.2, lora_learning_rate=0.05)
+    assert any(not torch.equal(a, b) for a, b in zip(same.routers.state_dict().values(), new.routers.state_dict().values()))
+    with safe_open(os.path.join(loras_dir, "rates.safetensors"), "pt") as a, \
+            safe_open(os.path.join(loras_dir, "rates b.safetensors"), "pt") as b:
+        assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys() if "lora_up" in k)
+    with safe_open(new.path + ".train_state", "pt") as f:
+        assert [g["lr"] for g in __import__("json").loads(f.metadata()["param_groups"])] == [0.2, 0.05]
+
+
+def test_a_new_name_never_hides_a_users_file_in_another_folder(env, tmp_path):
+    """A second `loras` / `elastic_routers` folder (extra_model_paths.yaml) holds the user's style.safetensors:
+    training with filename `style` must not write a file of that name into the first folder, where
+    ComfyUI's name lookup would pick it instead of the user's."""
+    import folder_paths
+    nodes, pack, tiny, el, loras_dir = env
+    model = _model(tiny)
+    pos, _, lat = _inputs(tiny, model)
+    extra_loras, extra_routers = tmp_path / "extra loras", tmp_path / "extra routers"
+    extra_loras.mkdir()
+    extra_routers.mkdir()
+    (extra_loras / "style.safetensors").write_bytes(b"the user's LoRA")
+    (extra_routers / "mine.safetensors").write_bytes(b"the user's routers")
+    folder_paths.add_model_folder_path("loras", str(extra_loras))
+    folder_paths.add_model_folder_path("elastic_routers", str(extra_routers))
+    try:
+        ckpt, _ = _train(nodes, model, pos, lat, filename="style", steps=1)
+        assert os.path.basename(ckpt.path) == "style_00001.safetensors"
+        assert not os.path.exists(os.path.join(loras_dir, "style.safetensors"))
+        assert folder_paths.get_full_path("loras", "style.safetensors") == str(extra_loras / "style.safetensors")
+        mine, _ = _train(nodes, model, pos, lat, filename="mine", steps=1, lora_rank=0)
+        assert os.path.basename(mine.path) == "mine_00001.safetensors"
+        assert folder_paths.get_full_path("elastic_routers", "mine.safetensors") == str(extra_routers / "mine.safetensors")
+        assert (extra_loras / "style.safetensors").read_bytes() == b"the user's LoRA"
+    finally:
+        for kind, path in (("loras", extra_loras), ("elastic_routers", extra_routers)):
+            folder_paths.folder_names_and_paths[kind][0].remove(str(path))
+
+
 def test_bad_lora_input_is_refused_before_sampling(env):
     nodes, pack, tiny, el, loras_dir = env
     model = _model(tiny)

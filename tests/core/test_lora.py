@@ -189,3 +189,28 @@ def test_toy_study_runs_every_method_and_leaves_the_teacher_alone(tmp_path):
     assert m["seeds"] == [0, 1]
     lora = [s for s in m["summary"] if s["method"] == "routers + LoRA r2, lr 0.0001"][0]
     assert len(lora["psnr_per_seed"]) == 2 and lora["psnr_std"] >= 0
+
+
+def test_resume_takes_the_new_learning_rates_and_keeps_adams_moments(tmp_path):
+    """A resume keeps the routers, the LoRA, Adam's moments and the step; the learning rates are the
+    resuming run's (both groups), not the saved ones."""
+    blocks, routers = make_stack(n=2)
+    lora = LoraSet(_targets(blocks), 2, seed=0)
+    attach(_root(blocks).requires_grad_(False), lora)
+    cfg = TrainConfig(steps=4, lr=1e-2)
+    trainer = JointTrainer(routers, cfg, lora, 1e-2)
+    trainer.fit(_perf(blocks, routers), steps=2)
+    path = str(tmp_path / "s.train_state")
+    trainer.save(path)
+    ends = {}
+    for lr, lora_lr in ((1e-2, 1e-2), (3e-2, 5e-3)):
+        blocks2, routers2 = make_stack(n=2)
+        lora2 = LoraSet(_targets(blocks2), 2, seed=7)
+        attach(_root(blocks2).requires_grad_(False), lora2)
+        t2 = JointTrainer(routers2, TrainConfig(steps=4, lr=lr), lora2, lora_lr)
+        t2.resume(path)
+        assert [g["lr"] for g in t2.opt.param_groups] == [lr, lora_lr]
+        assert t2.step == 2 and t2.opt.state  # the moments came back
+        t2.fit(_perf(blocks2, routers2), steps=1)
+        ends[lr] = [p.detach().clone() for p in list(routers2.parameters()) + list(lora2.parameters())]
+    assert any(not torch.equal(a, b) for a, b in zip(ends[1e-2], ends[3e-2]))

@@ -175,3 +175,118 @@ def test_a_damaged_release_is_refused(tmp_path):
     with pytest.raises(Exception, match="NaN or Inf"):
         extract_lora(str(tmp_path / "nan.safetensors"), base, str(tmp_path / "l.safetensors"), 4)
     assert not os.path.exists(tmp_path / "l.safetensors") and not os.path.exists(tmp_path / "l.safetensors.data.partial")
+
+
+def test_no_output_of_convert_may_name_an_input_or_overwrite_without_force(tmp_path, capsys, monkeypatch):
+    """--report is an output like OUT and --lora-out: it may not name the release or the base (directly,
+    through a symlink or a relative path), nor another output, and an existing file needs --force."""
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    out, lora = tmp_path / "r.safetensors", tmp_path / "r-lora.safetensors"
+    rel_bytes = open(rel, "rb").read()
+    link = tmp_path / "link.json"
+    link.symlink_to(rel)
+    monkeypatch.chdir(tmp_path)
+
+    def refused(args, text):
+        assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2"] + args) == 2
+        assert text in capsys.readouterr().err
+        assert not out.exists() and not lora.exists()
+        assert open(rel, "rb").read() == rel_bytes  # the release is untouched
+    refused(["--report", rel], "is an input file")
+    refused(["--report", str(link)], "is an input file")
+    refused(["--report", os.path.relpath(base)], "is an input file")
+    refused(["--report", str(out)], "is another output")
+    refused(["--report", str(lora), "--force"], "is another output")
+    (tmp_path / "old.json").write_text("keep me")
+    refused(["--report", "old.json"], "exists; pass --force")
+    assert (tmp_path / "old.json").read_text() == "keep me"
+    assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2", "--report", "old.json", "--force"]) == 0
+    assert json.load(open(tmp_path / "old.json"))["total"]["layers"] == 14
+
+
+def test_a_failed_convert_writes_nothing(tmp_path, capsys):
+    """All outputs or none: a LoRA folder that does not exist is refused before anything is written (the
+    error names the user's path), a NaN found halfway leaves no router file, no LoRA, no report and no
+    temp file, and files that --force would replace are kept as they were."""
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, dtype=torch.float32)
+    out, lora, report = tmp_path / "r.safetensors", tmp_path / "r-lora.safetensors", tmp_path / "e.json"
+    before = set(os.listdir(tmp_path))
+    missing = tmp_path / "no such folder" / "l.safetensors"
+    assert main(["convert", rel, str(out), "--base", base, "--lora-rank", "2", "--lora-out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing.parent) in err and "partial" not in err and "folder" in err
+    assert set(os.listdir(tmp_path)) == before
+    t = load_file(rel)
+    t["transformer_blocks.0.txt_mlp.net.2.weight"][1, 2] = float("nan")  # the last weight: the routers came first
+    save_file(t, str(tmp_path / "nan.safetensors"))
+    before = set(os.listdir(tmp_path))
+    args = ["--base", base, "--lora-rank", "2", "--report", str(report)]
+    assert main(["convert", str(tmp_path / "nan.safetensors"), str(out)] + args) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+    assert set(os.listdir(tmp_path)) == before  # nothing written, no temp file left
+    for p in (out, lora, report):
+        p.write_text("old")
+    assert main(["convert", str(tmp_path / "nan.safetensors"), str(out), "--force"] + args) == 2
+    assert all(p.read_text() == "old" for p in (out, lora, report))
+    for p in (out, lora, report):
+        p.unlink()
+    assert main(["convert", rel, str(out)] + args) == 0  # the failed runs left nothing in the way
+    assert load_routers(out).meta.provenance["lora"] == "r-lora.safetensors" and lora.exists() and report.exists()
+
+
+def test_a_write_error_names_the_output_not_its_temp_file(tmp_path):
+    from elastic_core.checkpoint import CheckpointError
+    from elastic_core.cli import _Staged
+    out = str(tmp_path / "r.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        with _Staged({"routers": out}) as tmp:
+            w = StreamWriter(tmp["routers"])
+            w.add("a", torch.ones(2))
+            raise OSError(28, "No space left on device", tmp["routers"] + ".data.partial")
+    assert str(e.value).startswith(f"{out}: could not be written (No space left on device)")
+    assert "partial" not in str(e.value) and os.listdir(tmp_path) == []
+
+
+def _file_error(base, rel, lora):
+    """|| (released - base) - what the LoRA file adds || / || released - base ||, over the low-rank weights,
+    measured on the file as written (its dtype)."""
+    b, r, merged = load_file(base), load_file(rel), _merge(base, lora)
+    keys = [k for k, v in b.items() if v.dim() == 2]
+    err = sum(float(((r[k] - merged[k]) ** 2).sum()) for k in keys)
+    return (err / sum(float(((r[k] - b[k]) ** 2).sum()) for k in keys)) ** 0.5
+
+
+def test_the_reported_error_is_the_error_of_the_file_as_written(tmp_path, capsys):
+    """A rank-2 difference at rank 4 is exact in fp32 factors; the default bf16 file is not, and the report,
+    the printed line and the file's metadata say what the bf16 file holds."""
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, delta_rank=2, dtype=torch.float32)
+    for dtype, lo, hi in (("bf16", 1e-4, 2e-2), ("fp32", 0.0, 1e-5)):
+        out, lora, report = (str(tmp_path / f"{dtype}{s}") for s in (".safetensors", "-lora.safetensors", ".json"))
+        assert main(["convert", rel, out, "--base", base, "--lora-rank", "4", "--lora-dtype", dtype,
+                     "--report", report]) == 0
+        printed = capsys.readouterr().out
+        true = _file_error(base, rel, lora)
+        assert lo <= true <= hi, (dtype, true)
+        rep = json.load(open(report))["total"]
+        assert rep["rel_error"] == pytest.approx(true, rel=0.02, abs=1e-7), (dtype, rep, true)
+        assert f"relative error of the LoRA: {rep['rel_error']:.4f}" in printed and f"({dtype})" in printed
+        with safe_open(lora, "pt") as f:
+            assert float(f.metadata()["rel_error"]) == pytest.approx(true, rel=0.02, abs=1e-7)
+
+
+def test_the_rank_written_is_the_rank_the_file_holds_and_an_empty_lora_is_warned_of(tmp_path, capsys):
+    base, rel, _ = write_pair(str(tmp_path), blocks=1, dim=16, full=True, dtype=torch.float32)
+    lora = str(tmp_path / "r-lora.safetensors")
+    assert main(["convert", rel, str(tmp_path / "r.safetensors"), "--base", base, "--lora-rank", "1000"]) == 0
+    printed = capsys.readouterr()
+    with safe_open(lora, "pt") as f:
+        ranks = {f.get_tensor(k).shape[1] for k in f.keys() if k.endswith(".lora_up.weight")}
+        assert f.metadata()["rank"] == str(max(ranks)) == "16"  # 16 x 16 and 16 x 64 weights hold rank 16 at most
+    assert "LoRA rank 1000" not in printed.out and "LoRA rank 16" in printed.out and "full rank" in printed.out
+    same = str(tmp_path / "same.safetensors")
+    t = load_file(rel)
+    t.update(load_file(base))  # the backbone is the base: nothing learned
+    save_file(t, same)
+    assert main(["convert", same, str(tmp_path / "s.safetensors"), "--base", base]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "empty" in err and "s-lora.safetensors" in err
