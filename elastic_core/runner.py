@@ -21,7 +21,7 @@ from .blocks import BlockSpec
 from .cache import ResidualBank
 from .policy import Decision, Policy
 from .router import RouterSet
-from .stats import REUSE, RUN, SKIP, RunRecord
+from .stats import RAN, REUSE, RUN, SKIP, RunRecord
 
 Streams = dict[str, Tensor]  # stream name -> [B, L, D]
 # run(inputs of the rows, row indices or None for all rows, width ratio) -> outputs of those rows
@@ -38,7 +38,7 @@ class ElasticRun:
             raise ValueError(f"{len(specs)} blocks but {len(routers)} routers")
         self.routers, self.specs, self.policy = routers, list(specs), policy
         self.num_steps = num_steps
-        self.bank = ResidualBank(policy.config.cache_device)
+        self.bank = ResidualBank(policy.config.cache_device, policy.config.cache_budget, policy)
         self.step, self.caching = 0, False
         self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
                                 widths=list(routers.config.widths), config=policy.config.to_dict(),
@@ -60,6 +60,7 @@ class ElasticRun:
 
     def finish(self) -> RunRecord:
         self.record.cache_bytes_peak = self.bank.peak_bytes
+        self.record.cache_bytes_stored, self.record.cache_bytes_read = self.bank.stored_bytes, self.bank.read_bytes
         self.record.wall_time_s = time.perf_counter() - self._t0
         self.bank.clear()
         return self.record
@@ -68,7 +69,20 @@ class ElasticRun:
     def _decide(self, i: int, p: float, width_idx: int, key: Hashable, shapes) -> Decision:
         entry = self.bank.get(i, key) if self.caching else None
         reuses = entry.uses if entry is not None and entry.fits(shapes) else None
-        return self.policy.decide(self.step, i, p, self.routers.config.widths[width_idx], self.caching, reuses)
+        lost = self.bank.lost.get((i, key)) if self.caching and entry is None else None
+        self.bank.last_p[(i, key)] = p  # what the budget keeps residuals by
+        return self.policy.decide_held(self.step, i, p, self.routers.config.widths[width_idx], self.caching,
+                                       reuses, lost)
+
+    def _prefetch(self, i: int, keys, like: Tensor) -> None:
+        """With a cache device: start fetching the next block's residuals that its rows' last gate
+        probabilities say will be reused, while this block's result is computed on."""
+        if self.bank.mover is None or not self.caching:
+            return
+        nxt = (i + 1) % len(self.specs)
+        want = [k for k in keys if (e := self.bank.get(nxt, k)) is not None
+                and self.policy.distance(self.bank.last_p.get((nxt, k), 0.0), e.uses) == 0.0]
+        self.bank.prefetch(nxt, want, like.device, like.dtype)
 
     # -- one block -------------------------------------------------------------------------------
     def block(self, i: int, inputs: Streams, cond: Tensor, run: RunFn,
@@ -98,14 +112,17 @@ class ElasticRun:
             if d.action == REUSE:
                 self.bank.get(i, keys[r]).uses += 1
         result = self._apply(i, inputs, decisions, keys, run, inplace)
+        self.bank.settle(i, keys)
+        self._prefetch(i, keys, next(iter(inputs.values())))
         self._account(i, inputs, decisions, keys, ps)
         return result
 
     def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, inplace: bool) -> Streams:
         b = len(decisions)
         groups: dict[tuple[int, float], list[int]] = {}
-        for r, d in enumerate(decisions):
-            groups.setdefault((d.action, d.width if d.action == RUN else 0.0), []).append(r)
+        for r, d in enumerate(decisions):  # a NOCACHE row runs: it joins the runs at its width
+            act = RUN if d.action in RAN else d.action
+            groups.setdefault((act, d.width if act == RUN else 0.0), []).append(r)
         if len(groups) == 1:  # the common case: one decision for the whole batch, no row copies
             (action, width), = groups
             return self._act(i, inputs, None, list(range(b)), action, width, keys, run, inplace)
@@ -153,7 +170,7 @@ class ElasticRun:
             f["dense_attn"] += attn
             f["dense_mlp"] += mlp_full
             f["router"] += router_flops
-            if d.action == RUN:
+            if d.action in RAN:
                 f["exec_attn"] += attn
                 f["exec_mlp"] += spec.mlp_flops(tokens, d.width)
             reuse = self.bank.get(i, keys[r]).uses if d.action == REUSE else 0
