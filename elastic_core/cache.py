@@ -100,7 +100,7 @@ class ResidualBank:
         self.last_p: dict[Key, float] = {}  # each block's gate probability per row, when last decided
         self.lost: dict[Key, int] = {}  # residuals the budget did not keep -> their reuse count then
         self.bytes = self.peak_bytes = self.stored_bytes = self.read_bytes = 0
-        self.prefetched = self.prefetch_hits = 0  # residuals fetched ahead; of those, read by a reuse
+        self.prefetched = self.prefetch_hits = 0  # residual tensors fetched ahead; of those, read by a reuse
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -147,7 +147,7 @@ class ResidualBank:
         self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def prefetch(self, block: int, keys: Sequence[Hashable], device: torch.device, dtype: torch.dtype) -> int:
-        """Start fetching block's residuals of these rows to (device, dtype). -> how many started."""
+        """Start fetching block's residuals of these rows to (device, dtype). -> how many tensors started."""
         n = 0
         for key in keys:
             k = (block, key)
@@ -155,7 +155,7 @@ class ResidualBank:
             if entry is None or self.mover is None or k in self._ahead:
                 continue
             self._ahead[k] = {s: self.mover.fetch(v, device, dtype) for s, v in entry.residual.items()}
-            n += 1
+            n += len(entry.residual)
         self.prefetched += n
         return n
 

@@ -1,0 +1,142 @@
+"""The cache budget: what the policy keeps, NOCACHE runs, exactness at no limit, and cache_device's
+prefetch path (the same bank code on CPU as on CUDA; only the Mover's copies differ)."""
+import math
+
+import pytest
+import torch
+
+from elastic_core.config import ElasticConfig
+from elastic_core.policy import Policy
+from elastic_core.reference import plain_stack
+from elastic_core.stats import NOCACHE, REUSE, RUN
+from tests.core.helpers import force, inputs, make_stack, start, step
+
+BAND = 0.505  # inside [tau, tau + delta] = [0.5, 0.515]
+
+
+def _residual_bytes(img, txt):
+    return (img[0].numel() + txt[0].numel()) * img.element_size()  # one block, one sample, both streams
+
+
+def _run(ps, steps=3, rows=1, **cfg):
+    """Blocks forced to gate probabilities ps; -> (outputs per step, record, bank)."""
+    blocks, routers = make_stack(len(ps))
+    for r, p in zip(routers, ps):
+        force(r, p=p)
+    run = start(blocks, routers, num_steps=steps, cache_start=0.0, max_reuse=5, **cfg)
+    img, txt, vec = inputs(b=rows, seed=3)
+    outs = []
+    for s in range(steps):
+        outs.append(step(run, blocks, img + 0.1 * s, txt, vec, index=s))
+    bank = run.bank
+    stats = (bank.prefetched, bank.prefetch_hits, dict(bank.lost))
+    return outs, run.finish(), stats, (blocks, img, txt, vec)
+
+
+def _actions(rec, block):
+    return [a for a, b in zip(rec.events["action"], rec.events["block"]) if b == block]
+
+
+def test_distance_is_zero_in_the_band_and_grows_away_from_it():
+    pol = Policy(ElasticConfig(tau=0.5, delta=0.015, max_reuse=3))
+    assert pol.distance(0.5, 0) == pol.distance(0.515, 2) == 0.0
+    assert pol.distance(0.4, 0) == pytest.approx(0.1) and pol.distance(0.6, 0) == pytest.approx(0.085)
+    assert pol.distance(0.505, 3) == math.inf  # reused K times: it must run before any further reuse
+
+
+def test_admit_drops_the_farthest_first_and_only_those_farther_than_the_new_one():
+    pol = Policy(ElasticConfig())
+    held = [("near", 0.01, 10), ("far", 0.3, 10), ("mid", 0.1, 10)]
+    assert pol.admit(0.0, 10, held, room=10) == []  # fits as it is
+    assert pol.admit(0.0, 10, held, room=0) == ["far"]
+    assert pol.admit(0.0, 25, held, room=0) == ["far", "mid", "near"]
+    assert pol.admit(0.05, 25, held, room=0) is None  # "near" is likelier to be read than the new one
+    assert pol.admit(0.3, 10, held, room=0) is None  # ties keep what is held
+
+
+def test_no_limit_and_a_budget_that_never_binds_are_bit_identical():
+    ps = [0.9, BAND, 0.2, BAND]
+    outs_none, rec_none, _, _ = _run(ps, rows=2)
+    outs_big, rec_big, _, _ = _run(ps, rows=2, cache_budget=10 ** 12)
+    assert rec_none.events == rec_big.events and rec_none.counts()["reuse"] > 0
+    for a, b in zip(outs_none, outs_big):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert rec_none.cache_bytes_peak == rec_big.cache_bytes_peak > 0
+
+
+def test_a_zero_budget_keeps_nothing_and_computes_like_no_cache():
+    ps = [BAND, 0.9, BAND]
+    outs_zero, rec_zero, (_, _, lost), _ = _run(ps, cache_budget=0)
+    outs_off, rec_off, _, _ = _run(ps, cache=False)
+    for a, b in zip(outs_zero, outs_off):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))  # a run for want of cache is exact compute
+    assert _actions(rec_zero, 0) == [RUN, NOCACHE, NOCACHE] and _actions(rec_zero, 1) == [RUN] * 3
+    assert rec_zero.cache_bytes_peak == 0 and rec_zero.counts()["nocache"] == 4
+    assert rec_zero.flops["exec_attn"] == rec_off.flops["exec_attn"]  # NOCACHE is paid as a run
+    t = rec_zero.totals()
+    assert t["ran"] == 1.0 and t["no_cache"] == pytest.approx(4 / 9) and t["reused"] == 0.0
+    assert "for want of cache" in rec_zero.summary()
+    assert set(lost) == {(0, ("cond", 0)), (1, ("cond", 0)), (2, ("cond", 0))}
+
+
+def test_the_budget_keeps_the_borderline_block_and_drops_the_far_one():
+    """Room for one residual: block 0 (p far above the band) ran first, block 1 (in the band) evicts it."""
+    img, txt, _ = inputs(seed=3)
+    one = _residual_bytes(img, txt)
+    _, rec, (_, _, lost), _ = _run([0.9, BAND], cache_budget=one)
+    assert _actions(rec, 1) == [RUN, REUSE, REUSE] and _actions(rec, 0) == [RUN] * 3
+    assert rec.cache_bytes_peak == one and (0, ("cond", 0)) in lost
+
+
+def test_a_residual_the_budget_dropped_runs_as_nocache_and_exactly():
+    """Two borderline blocks, room for one: the first keeps its place (ties keep what is held), the
+    second runs every step where it would have reused, and its output is the plain block's."""
+    img, txt, _ = inputs(seed=3)
+    outs, rec, _, (blocks, img, txt, vec) = _run([BAND, BAND], cache_budget=_residual_bytes(img, txt))
+    assert _actions(rec, 0) == [RUN, REUSE, REUSE] and _actions(rec, 1) == [RUN, NOCACHE, NOCACHE]
+    assert rec.counts() == {"skip": 0, "reuse": 2, "run": 2, "nocache": 2}
+    assert rec.cache_bytes_stored == _residual_bytes(img, txt)  # block 1's residuals were never kept
+    # step 1: block 0 reused its step-0 residual, block 1 ran on that exactly
+    x1 = img + 0.1
+    r0 = plain_stack(blocks[:1], img, txt, vec)
+    h_img, h_txt = x1 + (r0[0] - img), txt + (r0[1] - txt)
+    want = plain_stack(blocks[1:], h_img, h_txt, vec)
+    assert torch.allclose(outs[1][0], want[0], atol=1e-6) and torch.allclose(outs[1][1], want[1], atol=1e-6)
+
+
+def test_stored_and_read_bytes_are_counted():
+    img, txt, _ = inputs(seed=3)
+    one = _residual_bytes(img, txt)
+    _, rec, _, _ = _run([BAND, 0.2], steps=3)  # block 0: run, reuse, reuse; block 1 skipped
+    assert rec.cache_bytes_stored == one and rec.cache_bytes_read == 2 * one
+    assert rec.totals()["cache_bytes_read"] == 2 * one
+
+
+def test_cache_device_takes_the_prefetch_path_and_stays_exact():
+    ps = [BAND, 0.9, BAND, BAND]
+    outs_gpu_home, rec_a, _, _ = _run(ps, steps=4, rows=2)
+    outs_cpu_home, rec_b, (fetched, hits, _), _ = _run(ps, steps=4, rows=2, cache_device="cpu")
+    assert rec_a.events == rec_b.events
+    for a, b in zip(outs_gpu_home, outs_cpu_home):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # blocks 2 and 3 follow a block, and their last p lies in the band: fetched ahead, then read
+    assert fetched > 0 and hits > 0 and hits <= fetched
+
+
+def test_prefetched_copies_do_not_outlive_their_block():
+    blocks, routers = make_stack(3)
+    for r in routers:
+        force(r, p=BAND)
+    run = start(blocks, routers, num_steps=3, cache_start=0.0, max_reuse=5, cache_device="cpu")
+    img, txt, vec = inputs(b=2)
+    for s in range(3):
+        step(run, blocks, img, txt, vec, index=s)
+        assert {k[0] for k in run.bank._ahead} <= {0}  # after the last block: only block 0's, for next step
+    run.finish()
+    assert not run.bank._ahead and not run.bank.lost
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1GB", float("nan")])
+def test_a_bad_budget_is_refused(bad):
+    with pytest.raises(ValueError, match="cache_budget"):
+        ElasticConfig(cache_budget=bad)
