@@ -140,3 +140,20 @@ def test_prefetched_copies_do_not_outlive_their_block():
 def test_a_bad_budget_is_refused(bad):
     with pytest.raises(ValueError, match="cache_budget"):
         ElasticConfig(cache_budget=bad)
+
+
+def test_the_heatmap_draws_a_nocache_run_as_a_run_with_a_ring_and_names_the_cache():
+    import numpy as np
+    from elastic_core import heatmap
+    _, rec, _, _ = _run([BAND], cache_budget=0)
+    pl = heatmap.payload(rec)
+    assert pl["views"][0]["action"][0] == [RUN, NOCACHE, NOCACHE]
+    img = heatmap.render(pl, 0)  # cells of 12 x 8 px: step 1's cell starts at x = 12
+    colour = lambda c: (img == heatmap._hex(heatmap.PALETTE[c]).astype(np.uint8)).all(-1)  # noqa: E731
+    assert colour("nocache")[0:8, 12:24].any() and colour("width")[0:8, 12:24].any()
+    assert not colour("nocache")[0:8, 0:12].any()  # the first run was an ordinary one
+    line = heatmap.cache_line(pl["summary"], pl["config"])
+    assert line == "cache peak 0.0 MiB, budget 0.00 GiB, no cache 67%", line
+    _, rec, _, _ = _run([BAND])
+    assert heatmap.cache_line(rec.totals(), rec.config).endswith("budget none")
+    assert heatmap.picture(heatmap.payload(rec), 0).shape[2] == 3

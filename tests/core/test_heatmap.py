@@ -88,7 +88,7 @@ def test_picture_has_names_axis_and_legend():
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     text = np.array([int(heatmap.PALETTE["text"][i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
     label_w = font.text_width("x" * 18) + 6
-    head = 2 * (font.H + 4) + 2
+    head = 3 * (font.H + 4) + 2
     for b in range(3):  # a block name in every row of the label column
         rows = img[head + b * 8: head + b * 8 + font.H, :label_w]
         assert (rows == text).all(-1).any(), f"no label for block {b}"
