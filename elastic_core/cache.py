@@ -48,22 +48,22 @@ class Mover:
 
     def __init__(self, home: torch.device):
         self.home = home
-        self._stream = None
+        self._streams: dict[torch.device, object] = {}  # one side stream per CUDA device
 
     def _cuda(self, t: Tensor) -> bool:
         return self.home.type == "cpu" and t.is_cuda
 
     def _side(self, device: torch.device):
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device)
-        self._stream.wait_stream(torch.cuda.current_stream(device))  # the source is computed first
-        return self._stream
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
 
     def store(self, t: Tensor) -> Tensor:
         """t [L, D] on its home; a device tensor is copied into a pinned buffer on the side stream."""
         if not self._cuda(t):
             return t.to(self.home)
         side = self._side(t.device)
+        side.wait_stream(torch.cuda.current_stream(t.device))  # t is computed before it is copied
         buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         with torch.cuda.stream(side):
             buf.copy_(t, non_blocking=True)
@@ -74,8 +74,8 @@ class Mover:
         """Start copying t to (device, dtype). -> (tensor, event to wait for, or None)."""
         if not (device.type == "cuda" and self.home.type == "cpu"):
             return t.to(device, dtype), None
-        side = self._side(device)
-        with torch.cuda.stream(side):
+        side = self._side(device)  # no wait on the compute stream: this copy runs beside it
+        with torch.cuda.stream(side):  # after `store`'s copy of t, which ran on this same stream
             out = t.to(device, non_blocking=True).to(dtype)
             done = side.record_event()
         return out, done
@@ -183,3 +183,10 @@ class ResidualBank:
         self.last_p.clear()
         self.lost.clear()
         self.bytes = 0
+
+
+def full_size_bytes(blocks: int, tokens: int, dim: int, rows: int, itemsize: int = 2) -> int:
+    """What an unlimited cache holds at most: one residual per block and row (stream x sample), each
+    [tokens, dim] (a block's image and text streams together; bf16: itemsize 2). The bound is reached
+    when every block runs once inside the cache window; skipped blocks store nothing."""
+    return blocks * tokens * dim * itemsize * rows
