@@ -157,3 +157,27 @@ def test_the_heatmap_draws_a_nocache_run_as_a_run_with_a_ring_and_names_the_cach
     _, rec, _, _ = _run([BAND])
     assert heatmap.cache_line(rec.totals(), rec.config).endswith("budget none")
     assert heatmap.picture(heatmap.payload(rec), 0).shape[2] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the pinned / side-stream copies are "
+                    "checked where one is present (devtools/bench_cache_budget.py offload measures the overlap)")
+def test_cuda_mover_round_trips_exactly_through_pinned_memory():
+    from elastic_core.cache import Mover
+    mover = Mover(torch.device("cpu"))
+    t = torch.randn(300, 64, device="cuda", dtype=torch.bfloat16)
+    host = mover.store(t)
+    assert host.device.type == "cpu" and host.is_pinned()
+    back, done = mover.fetch(host, t.device, torch.float32)
+    assert done is not None
+    assert torch.equal(Mover.ready(back, done), t.float())
+    blocks, routers = make_stack(3)
+    for r in routers:
+        force(r, p=BAND)
+    outs = {}
+    for where in (None, "cpu"):
+        run = start([b.cuda() for b in blocks], routers.cuda(), num_steps=3, cache_start=0.0, max_reuse=5,
+                    cache_device=where)
+        img, txt, vec = (x.cuda() for x in inputs(b=2))
+        outs[where] = [step(run, blocks, img + s, txt, vec, index=s) for s in range(3)]
+        assert where is None or run.bank.prefetch_hits > 0
+    assert all(torch.equal(a, b) for x, y in zip(outs[None], outs["cpu"]) for a, b in zip(x, y))
