@@ -3,7 +3,7 @@ real size.
 
 1. `sizes`: cache bytes at real size from the shapes (formula in elastic_core.cache.full_size_bytes),
    and the share of them that the default budget (1 GiB) holds.
-2. `toy`: the toy DiT with its trained routers, 16 scenes, 20 steps, CFG. Budgets are set as shares of
+2. `toy`: the toy DiT with its trained routers, 8 scenes, 20 steps, CFG. Budgets are set as shares of
    the unlimited run's peak: the shares the default budget holds at real size.
 3. `comfy`: tiny real Flux / Qwen-Image models (ComfyUI's own classes through comfy.sample), routers
    forced to gate probabilities spread around the band, so that the budget has something to choose.
@@ -60,7 +60,7 @@ def toy() -> None:
     from elastic_core.toy.pipeline import load_dit, load_toy_routers
     torch.manual_seed(0)
     model, ckpt = load_dit(), load_toy_routers()
-    scenes = methods.SceneSet.make("test", 16, seed=1, size=model.cfg.image)
+    scenes = methods.SceneSet.make("test", 8, seed=1, size=model.cfg.image)
     steps = 20
     dense = methods.dense(model, scenes, steps, steps).images
     print(HEAD)

@@ -99,6 +99,7 @@ class ResidualBank:
         self._ahead: dict[Key, dict[str, tuple[Tensor, object]]] = {}  # prefetched copies, per entry
         self.last_p: dict[Key, float] = {}  # each block's gate probability per row, when last decided
         self.lost: dict[Key, int] = {}  # residuals the budget did not keep -> their reuse count then
+        self.reading: set[Key] = set()  # residuals the block call under way reads: never dropped for room
         self.bytes = self.peak_bytes = self.stored_bytes = self.read_bytes = 0
         self.prefetched = self.prefetch_hits = 0  # residual tensors fetched ahead; of those, read by a reuse
 
@@ -119,7 +120,7 @@ class ResidualBank:
         """Make room for a new residual of block/row k under the budget; False: do not keep it."""
         if self.budget is None:
             return True
-        held = [(h, self._distance(h, e.uses), e.nbytes) for h, e in self._entries.items()]
+        held = [(h, self._distance(h, e.uses), e.nbytes) for h, e in self._entries.items() if h not in self.reading]
         evict = self.policy.admit(self._distance(k, 0), nbytes, held, self.budget - self.bytes)
         if evict is None:
             return False

@@ -108,13 +108,21 @@ class ElasticRun:
                 "or a damaged router file). Nothing was decided from it.")
         shapes = {k: v.shape[1:] for k, v in inputs.items()}
         decisions = [self._decide(i, p, w, k, shapes) for p, w, k in zip(ps, ws, keys)]
+        reuses = [0] * b  # each row's reuse count after this call
         for r, d in enumerate(decisions):
             if d.action == REUSE:
-                self.bank.get(i, keys[r]).uses += 1
-        result = self._apply(i, inputs, decisions, keys, run, inplace)
+                entry = self.bank.get(i, keys[r])
+                entry.uses += 1
+                reuses[r] = entry.uses
+        # residuals read by this call stay until it is done, whatever other rows' new residuals need
+        self.bank.reading = {(i, keys[r]) for r, d in enumerate(decisions) if d.action == REUSE}
+        try:
+            result = self._apply(i, inputs, decisions, keys, run, inplace)
+        finally:
+            self.bank.reading = set()
         self.bank.settle(i, keys)
         self._prefetch(i, keys, next(iter(inputs.values())))
-        self._account(i, inputs, decisions, keys, ps)
+        self._account(i, inputs, decisions, keys, ps, reuses)
         return result
 
     def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, inplace: bool) -> Streams:
@@ -158,7 +166,7 @@ class ElasticRun:
                 self.bank.put(i, keys[r], {k: v[j] for k, v in delta.items()})
         return out
 
-    def _account(self, i: int, inputs: Streams, decisions, keys, ps) -> None:
+    def _account(self, i: int, inputs: Streams, decisions, keys, ps, reuses) -> None:
         spec, rec, f = self.specs[i], self.record, self.record.flops
         tokens = {k: v.shape[1] for k, v in inputs.items()}
         attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
@@ -173,8 +181,7 @@ class ElasticRun:
             if d.action in RAN:
                 f["exec_attn"] += attn
                 f["exec_mlp"] += spec.mlp_flops(tokens, d.width)
-            reuse = self.bank.get(i, keys[r]).uses if d.action == REUSE else 0
-            rec.add(self.step, i, keys[r][0], keys[r][1], p, d.width, d.action, reuse)
+            rec.add(self.step, i, keys[r][0], keys[r][1], p, d.width, d.action, reuses[r])
 
 
 def run_stack(run_state: ElasticRun, blocks: Sequence[RunFn], inputs: Streams, cond: Tensor,

@@ -181,3 +181,23 @@ def test_cuda_mover_round_trips_exactly_through_pinned_memory():
         outs[where] = [step(run, blocks, img + s, txt, vec, index=s) for s in range(3)]
         assert where is None or run.bank.prefetch_hits > 0
     assert all(torch.equal(a, b) for x, y in zip(outs[None], outs["cpu"]) for a, b in zip(x, y))
+
+
+@pytest.mark.parametrize("order", [[("cond", 0), ("cond", 1)], [("cond", 1), ("cond", 0)]])
+def test_a_residual_read_in_this_call_is_not_dropped_for_another_rows_new_one(order):
+    """Row cond0 reuses for the K-th time (its residual can never be read again afterwards), while row
+    cond1 of the same call runs and wants room: cond0's residual is still read by this call."""
+    blocks, routers = make_stack(1)
+    force(routers[0], p=BAND)
+    img, txt, vec = inputs(b=2, seed=3)
+    run = start(blocks, routers, num_steps=2, cache_start=0.0, max_reuse=1,
+                cache_budget=_residual_bytes(img, txt))
+    step(run, blocks, img[:1], txt[:1], vec[:1], index=0, row_keys=[("cond", 0)])
+    rows = [k[1] for k in order]
+    oi, _ = step(run, blocks, img[rows], txt[rows], vec[rows], index=1, row_keys=order)
+    at = rows.index(0)
+    acts = dict(zip(order, run.record.events["action"][-2:]))
+    assert acts[("cond", 0)] == REUSE and acts[("cond", 1)] == RUN
+    res0 = plain_stack(blocks, img[:1], txt[:1], vec[:1])[0] - img[:1]
+    assert torch.allclose(oi[at:at + 1], img[:1] + res0, atol=1e-6)
+    assert run.record.events["reuse"][-2:][at] == 1
