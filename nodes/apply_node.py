@@ -85,7 +85,7 @@ class ElasticDiTApply:
                 "cache_budget": _f(1.0, 0.0, 1024.0, 0.25, "GB the residual cache may hold (0 = no limit). Over it, "
                                    "residuals of blocks whose gate is far from the reuse band are dropped, and such a "
                                    "block runs instead of reusing (exact, a little slower). Qwen-Image at 1328x1328 "
-                                   "with CFG would hold ~5.3 GB without a limit.", False),
+                                   "with CFG would hold ~4.9 GB without a limit.", False),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
