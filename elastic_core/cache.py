@@ -8,9 +8,10 @@ their outputs in place).
 Bytes are counted as held: the sum of the entries' tensor sizes. Residuals of samples that ran
 together may share one allocation until each is replaced.
 
-A budget (bytes, None: no limit) caps what the bank holds. Which residuals to keep is the policy's
-choice (`Policy.admit`, from each block's last gate probability); a residual the budget did not keep
-is remembered as lost, so that the runner can tell a run caused by the budget from an ordinary one.
+A budget (bytes, None: no limit) caps what the bank holds. Which blocks' residuals to keep is the
+policy's choice (`Policy.admit`, from each block's last gate probabilities); a residual the budget did
+not keep is remembered as lost, so that the runner can tell a run caused by the budget from an
+ordinary one.
 
 With a home device (`cache_device`), residuals live there and travel through a `Mover`; the next
 borderline block's residuals are fetched ahead of their use (`prefetch`). Only the Mover's copies
@@ -18,6 +19,7 @@ differ between CUDA and CPU: the bank's logic is the same code on both.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -99,7 +101,6 @@ class ResidualBank:
         self._ahead: dict[Key, dict[str, tuple[Tensor, object]]] = {}  # prefetched copies, per entry
         self.last_p: dict[Key, float] = {}  # each block's gate probability per row, when last decided
         self.lost: dict[Key, int] = {}  # residuals the budget did not keep -> their reuse count then
-        self.reading: set[Key] = set()  # residuals the block call under way reads: never dropped for room
         self.bytes = self.peak_bytes = self.stored_bytes = self.read_bytes = 0
         self.prefetched = self.prefetch_hits = 0  # residual tensors fetched ahead; of those, read by a reuse
 
@@ -116,35 +117,52 @@ class ResidualBank:
     def _distance(self, k: Key, uses: int) -> float:
         return self.policy.distance(self.last_p.get(k, 0.0), uses)
 
-    def _room_for(self, k: Key, nbytes: int) -> bool:
-        """Make room for a new residual of block/row k under the budget; False: do not keep it."""
+    def _room_for(self, block: int, keys: Sequence[Hashable], nbytes: int) -> bool:
+        """Make room for a block call's new residuals under the budget; False: do not keep them.
+
+        The unit kept or dropped is a block: all its rows (cond and uncond, samples) together, judged by
+        the row likeliest to be reused. Split, one half of a guided pair would reuse a stale residual
+        while the other ran fresh, and guidance amplifies that difference."""
         if self.budget is None:
             return True
-        held = [(h, self._distance(h, e.uses), e.nbytes) for h, e in self._entries.items() if h not in self.reading]
-        evict = self.policy.admit(self._distance(k, 0), nbytes, held, self.budget - self.bytes)
+        units: dict[int, list] = {}  # block -> [distance, bytes]
+        for (b, key), e in self._entries.items():
+            if b != block:  # the block's own other rows stay: it is the one being admitted
+                u = units.setdefault(b, [math.inf, 0])
+                u[0], u[1] = min(u[0], self._distance((b, key), e.uses)), u[1] + e.nbytes
+        new = min(self._distance((block, k), 0) for k in keys)
+        evict = self.policy.admit(new, nbytes, [(b, d, n) for b, (d, n) in units.items()], self.budget - self.bytes)
         if evict is None:
             return False
-        for h in evict:
-            self.lost[h] = self._entries[h].uses
-            self._drop(h)
+        for k in [k for k in self._entries if k[0] in set(evict)]:
+            self.lost[k] = self._entries[k].uses
+            self._drop(k)
         return True
 
     def put(self, block: int, key: Hashable, residual: dict[str, Tensor]) -> None:
         """Store a fresh residual for one sample (resets its reuse count), if the budget keeps it."""
-        k = (block, key)
-        if k in self._entries:  # the block ran again: its old residual is never read any more
-            self._drop(k)
-        nbytes = sum(t.numel() * t.element_size() for t in residual.values())
-        if not self._room_for(k, nbytes):
-            self.lost[k] = 0
+        self.put_block(block, [(key, residual)])
+
+    def put_block(self, block: int, items: Sequence[tuple[Hashable, dict[str, Tensor]]]) -> None:
+        """Store the fresh residuals of one block call, [(row key, {stream: [L, D]})], kept or dropped
+        together under the budget."""
+        if not items:
             return
-        self.lost.pop(k, None)
-        if self.mover is not None:
-            residual = {s: self.mover.store(v) for s, v in residual.items()}
-        entry = Entry(residual)
-        self._entries[k] = entry
-        self.bytes += entry.nbytes
-        self.stored_bytes += entry.nbytes
+        for key, _ in items:  # the block ran again for these rows: their old residuals are never read
+            if (block, key) in self._entries:
+                self._drop((block, key))
+        nbytes = sum(t.numel() * t.element_size() for _, r in items for t in r.values())
+        kept = self._room_for(block, [key for key, _ in items], nbytes)
+        for key, residual in items:
+            if not kept:
+                self.lost[(block, key)] = 0
+                continue
+            self.lost.pop((block, key), None)
+            if self.mover is not None:
+                residual = {s: self.mover.store(v) for s, v in residual.items()}
+            entry = self._entries[(block, key)] = Entry(residual)
+            self.bytes += entry.nbytes
+            self.stored_bytes += entry.nbytes
         self.peak_bytes = max(self.peak_bytes, self.bytes)
 
     def prefetch(self, block: int, keys: Sequence[Hashable], device: torch.device, dtype: torch.dtype) -> int:

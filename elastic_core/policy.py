@@ -8,8 +8,8 @@ The cache window has ONE meaning everywhere: `ElasticConfig.cache_start` / `cach
 the noise schedule (0 = pure noise, 1 = clean), as ComfyUI's own caches count them. A host turns them
 into one boolean per step with its own schedule (`window`), and passes that boolean to the policy.
 
-Under a cache budget (`ElasticConfig.cache_budget`) the policy also chooses which residuals the bank
-keeps (`distance`, `admit`): first those whose block's last gate probability lies in or near the reuse
+Under a cache budget (`ElasticConfig.cache_budget`) the policy also chooses which blocks' residuals
+the bank keeps (`distance`, `admit`): first those whose last gate probability lies in or near the reuse
 band, as those are the likeliest to be read again. A block whose residual was not kept runs where it
 would have reused (`decide_held`: the action NOCACHE, exact compute).
 """
@@ -72,9 +72,9 @@ class Policy:
 
     def admit(self, distance: float, nbytes: int, held: Sequence[tuple[Hashable, float, int]],
               room: int) -> list[Hashable] | None:
-        """Keep a new residual (`distance`, `nbytes`) with `room` bytes left under the budget? held:
-        (key, distance, bytes) of the residuals held. -> the keys to drop to make room, farthest from the
-        band first and only those farther than the new one; None: drop the new one instead."""
+        """Keep new residuals (`distance`, `nbytes`) with `room` bytes left under the budget? held:
+        (key, distance, bytes) of the units held (the bank's: blocks). -> the keys to drop to make room,
+        farthest from the band first and only those farther than the new one; None: drop the new one."""
         if nbytes <= room:
             return []
         out, need = [], nbytes - room

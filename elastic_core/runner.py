@@ -40,6 +40,7 @@ class ElasticRun:
         self.num_steps = num_steps
         self.bank = ResidualBank(policy.config.cache_device, policy.config.cache_budget, policy)
         self.step, self.caching = 0, False
+        self._fresh: list = []  # the block call under way: (row key, residual) of its rows that ran
         self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
                                 widths=list(routers.config.widths), config=policy.config.to_dict(),
                                 num_steps=num_steps, meta=dict(meta or {}))
@@ -114,12 +115,9 @@ class ElasticRun:
                 entry = self.bank.get(i, keys[r])
                 entry.uses += 1
                 reuses[r] = entry.uses
-        # residuals read by this call stay until it is done, whatever other rows' new residuals need
-        self.bank.reading = {(i, keys[r]) for r, d in enumerate(decisions) if d.action == REUSE}
-        try:
-            result = self._apply(i, inputs, decisions, keys, run, inplace)
-        finally:
-            self.bank.reading = set()
+        self._fresh = []  # the rows that run store their residuals once all rows are done
+        result = self._apply(i, inputs, decisions, keys, run, inplace)
+        self.bank.put_block(i, self._fresh)  # after the reuses read theirs; kept or dropped as one block
         self.bank.settle(i, keys)
         self._prefetch(i, keys, next(iter(inputs.values())))
         self._account(i, inputs, decisions, keys, ps, reuses)
@@ -162,8 +160,7 @@ class ElasticRun:
             ref = {k: v.index_select(0, idx) for k, v in inputs.items()} if inplace and idx is not None else x
             with torch.no_grad():
                 delta = {k: (out[k] - ref[k]).detach() for k in x}
-            for j, r in enumerate(rows):
-                self.bank.put(i, keys[r], {k: v[j] for k, v in delta.items()})
+            self._fresh.extend((keys[r], {k: v[j] for k, v in delta.items()}) for j, r in enumerate(rows))
         return out
 
     def _account(self, i: int, inputs: Streams, decisions, keys, ps, reuses) -> None:

@@ -201,3 +201,19 @@ def test_a_residual_read_in_this_call_is_not_dropped_for_another_rows_new_one(or
     res0 = plain_stack(blocks, img[:1], txt[:1], vec[:1])[0] - img[:1]
     assert torch.allclose(oi[at:at + 1], img[:1] + res0, atol=1e-6)
     assert run.record.events["reuse"][-2:][at] == 1
+
+
+def test_a_guided_pair_is_kept_or_dropped_together():
+    """cond and uncond of a sample: a budget with room for one of the two keeps neither (split, guidance
+    would amplify a stale residual in one half); room for both keeps both."""
+    img, txt, _ = inputs(b=2, seed=3)
+    one = _residual_bytes(img, txt)
+    keys = [("cond", 0), ("uncond", 0)]
+    for budget, want in ((3 * one // 2, NOCACHE), (2 * one, REUSE)):
+        blocks, routers = make_stack(1)
+        force(routers[0], p=BAND)
+        run = start(blocks, routers, num_steps=3, cache_start=0.0, max_reuse=5, cache_budget=budget)
+        img, txt, vec = inputs(b=2, seed=3)
+        for s in range(3):
+            step(run, blocks, img, txt, vec, index=s, row_keys=keys)
+        assert run.record.events["action"] == [RUN, RUN] + [want] * 4, (budget, run.record.events["action"])
