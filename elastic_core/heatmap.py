@@ -6,7 +6,8 @@ needs: which steps were in the cache window and each block's cost at each width.
 
 `what_if` re-decides a recorded run at other tau / delta / K from the recorded probabilities, through
 the same policy the runner decides with. It is an estimate: with other decisions the model's inputs,
-hence p, would change too.
+hence p, would change too; and it assumes a cache without a budget (a NOCACHE run of the record, a
+block that ran because the budget had not kept its residual, replays as the reuse it would have been).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from .config import ElasticConfig
 from .policy import Policy, replay
-from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord, finite
+from .stats import ACTIONS, NOCACHE, RAN, REUSE, RUN, SKIP, RunRecord, finite
 
 SCHEMA = "elastic-dit/heatmap"
 SCHEMA_VERSION = 1
@@ -26,6 +27,7 @@ PALETTE = {
     "skip": "#000000", "skip_alpha": 0.6,  # a dark veil over skipped cells
     "reuse": "#ffffff",  # a dot: residual reused from cache
     "width": "#ff7f0e",  # a bar at a run cell's foot, as long as the MLP width
+    "nocache": "#ff4fd8",  # a ring: ran because the cache budget had not kept the residual to reuse
     "tau": "#ff2d55", "empty": "#2b2b2b", "grid": "#151515", "text": "#dddddd",
 }
 
@@ -145,8 +147,11 @@ def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int
                 box[:] = box * (1 - PALETTE["skip_alpha"]) + _hex(PALETTE["skip"]) * PALETTE["skip_alpha"]
             elif a == REUSE:
                 box[ch // 2 - 2:ch // 2 + 1, cw // 2 - 2:cw // 2 + 1] = _hex(PALETTE["reuse"])
-            elif a == RUN:
+            elif a in RAN:
                 box[-2:, : max(1, round((cw - 1) * v["width"][b][s]))] = _hex(PALETTE["width"])
+            if a == NOCACHE:  # a ring where a reuse would have had its dot
+                ring = box[ch // 2 - 3:ch // 2 + 1, cw // 2 - 2:cw // 2 + 2]
+                ring[[0, -1]] = ring[:, [0, -1]] = _hex(PALETTE["nocache"])
     top = n_b * ch + 4
     for x in range(img.shape[1]):  # the p ramp, 0 at the left, 1 at the right
         img[top:top + 8, x] = ramp(x / (img.shape[1] - 1))
@@ -154,6 +159,16 @@ def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int
     tx = round(tau * (img.shape[1] - 1))
     img[top - 2:top + 10, max(0, tx - 1):tx + 1] = _hex(PALETTE["tau"])
     return img.clip(0, 255).astype(np.uint8)
+
+
+def cache_line(totals: dict, config: dict) -> str:
+    """The residual cache in one line: its peak, the budget, and the runs the budget caused."""
+    budget = config.get("cache_budget")
+    line = f"cache peak {totals.get('cache_bytes_peak', 0) / 2**20:.1f} MiB, budget " + (
+        "none" if budget is None else f"{budget / 2**30:.2f} GiB")
+    if totals.get("no_cache"):
+        line += f", no cache {totals['no_cache']:.0%}"
+    return line
 
 
 def _step_labels(n_s: int, cw: int, label_w: float) -> list[int]:
@@ -178,7 +193,7 @@ def picture(pl: dict, view: int = 0, scale: int = 2, label: str | None = None) -
     n_s = len(pl["steps"])
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = min(max([text_width(probe, b["name"], f) for b in pl["blocks"]] + [40]), 26 * fs * 0.6) + 2 * pad
-    head, axis, legend = 2 * (fs + pad) + pad, fs + 2 * pad, 2 * (fs + pad) + 10 * scale
+    head, axis, legend = 3 * (fs + pad) + pad, fs + 2 * pad, 2 * (fs + pad) + 10 * scale
     width = int(max(label_w + grid.shape[1] + pad, 2 * label_w + 220 * scale))
     img = Image.new("RGB", (width, head + grid.shape[0] + axis + legend), tuple(int(c) for c in _hex(PALETTE["grid"])))
     d, text = ImageDraw.Draw(img), tuple(int(c) for c in _hex(PALETTE["text"]))
@@ -190,6 +205,7 @@ def picture(pl: dict, view: int = 0, scale: int = 2, label: str | None = None) -
     d.text((pad, 2 * pad + fs), f"skipped {t['skipped']:.0%}  reused {t['reused']:.0%}  width {t['mean_width']:.2f}  "
            f"compute {t['executed_fraction']:.0%}  est. " + (f"{speed:.2f}x" if speed is not None and np.isfinite(speed)
                                                               else "-"), fill=text, font=f)
+    d.text((pad, 3 * pad + 2 * fs), fit(d, cache_line(t, cfg), f, width - 2 * pad), fill=text, font=f)
     img.paste(Image.fromarray(grid), (int(label_w), head))
     for b, blk in enumerate(pl["blocks"]):
         d.text((pad, head + b * ch + (ch - fs) // 2), fit(d, blk["name"], f, label_w - 2 * pad), fill=text, font=f)
