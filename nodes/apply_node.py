@@ -73,6 +73,11 @@ class ElasticDiTApply:
                                            "defaults, or the paper's Table-1 setting for a model."}),
                 "cache_device": (["auto", "cpu"], {"default": "auto", "tooltip": "Where cached residuals live: "
                                  "with the model (fast) or in CPU memory (saves VRAM)."}),
+                "authors_activation": ("BOOLEAN", {"default": True, "tooltip": "For router files that ask for it "
+                                       "(the authors' released Qwen-Image E-DiT, and files converted from it): run "
+                                       "the routed blocks' MLPs (image and text) with the authors' x*sigmoid(1.702x), "
+                                       "as their DiT computes. Off: ComfyUI's tanh-GELU (about 1 % apart in the final "
+                                       "latent). Other router files: no effect."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -84,7 +89,8 @@ class ElasticDiTApply:
     DESCRIPTION = "Skips, reuses and narrows DiT blocks per sample and step, as learned routers decide."
 
     def apply(self, model, router: RouterCheckpoint, tau, delta, max_reuse, skip_blocks, adapt_width, cache,
-              cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", unique_id=None):
+              cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", authors_activation=True,
+              unique_id=None):
         if not isinstance(router, RouterCheckpoint):
             raise TypeError(f"router must come from Load Elastic Router, got {type(router).__name__}")
         if cache_start_percent > cache_end_percent:
@@ -100,4 +106,5 @@ class ElasticDiTApply:
         elif chosen is not None:
             p = PAPER_PRESETS[chosen]
             config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
-        return (apply_elastic(model, router, Policy(config), node_id=unique_id),)
+        return (apply_elastic(model, router, Policy(config), node_id=unique_id,
+                              authors_activation=bool(authors_activation)),)

@@ -39,7 +39,7 @@ FILE_INPUTS = {
 RELEASED_PREFIX = "diffusion_models/"
 APPLY_REQUIRED = ["model", "router", "tau", "delta", "max_reuse", "skip_blocks", "adapt_width", "cache",
                   "cache_start_percent", "cache_end_percent"]
-APPLY_OPTIONAL = ["preset", "cache_device"]
+APPLY_OPTIONAL = ["preset", "cache_device", "authors_activation"]
 NODE_TITLE_H, GROUP_TITLE_H = 30, 34  # LiteGraph draws a node's title bar above its pos
 
 
