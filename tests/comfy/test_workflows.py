@@ -301,6 +301,14 @@ def test_widgets_values_match_input_types(wf, mappings):
                 assert lo <= value <= hi, f"{where}.{name}: {value} out of range [{lo}, {hi}]"
 
 
+def test_inputs_added_later_come_last(mappings):
+    """widgets_values bind by position: a workflow saved before an input existed lacks its value, so new
+    inputs come LAST; the older widgets keep their saved values and the new one takes its default."""
+    opt = mappings["ElasticDiTApply"].INPUT_TYPES()["optional"]
+    assert APPLY_OPTIONAL[:2] == ["preset", "cache_device"] and APPLY_OPTIONAL[-1] == "authors_activation"
+    assert opt["authors_activation"][1]["default"] is True and opt["authors_activation"][1]["tooltip"]
+
+
 def test_apply_widgets_in_order(wf, mappings):
     (apply,) = [n for n in wf["nodes"] if n["type"] == "ElasticDiTApply"]
     bound = _bind(apply, mappings["ElasticDiTApply"])
