@@ -135,9 +135,9 @@ def released_router_state(layers: int, dim: int, hidden: int = 128, seed: int = 
     return out
 
 
-def write_released(path: str, comfy_dm, router_state: dict) -> str:
-    """A released-layout checkpoint: the ComfyUI model's backbone weights plus the routers."""
-    t = {**{k: v.detach().float().contiguous() for k, v in comfy_dm.state_dict().items()},
+def write_released(path: str, backbone: dict, router_state: dict) -> str:
+    """A released-layout checkpoint: backbone weights (a state dict, may be empty) plus the routers."""
+    t = {**{k: v.detach().float().contiguous() for k, v in backbone.items()},
          **{k: v.contiguous() for k, v in router_state.items()}}
     save_file(t, path, metadata={"format": "pt"})
     return path

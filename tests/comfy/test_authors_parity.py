@@ -38,7 +38,7 @@ def case(comfy, authors, tmp_path_factory):
     model = tiny.build("qwen", seed=3, layers=LAYERS, std=0.1)
     dm = model.get_model_object("diffusion_model")
     state = ar.released_router_state(LAYERS, dm.txt_in.out_features, gates=GATES)
-    path = ar.write_released(os.path.join(tmp_path_factory.mktemp("authors"), "e-dit.safetensors"), dm, state)
+    path = ar.write_released(os.path.join(tmp_path_factory.mktemp("authors"), "e-dit.safetensors"), dm.state_dict(), state)
     ckpt = comfy[1].elastic_core.checkpoint.load_routers(path)
     lat = tiny.latent("qwen")
     sigmas = comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
