@@ -25,6 +25,7 @@ from .run_state import RunState
 from .twins import WidthSlot
 
 HOLDER_KEY = "elastic_dit"  # model_options["transformer_options"][HOLDER_KEY]: the ElasticPatch
+ROUTERS_KEY = "elastic_dit_routers"  # additional_models key: the routers, as a model ComfyUI loads and frees
 RUN_KEY = "elastic_dit_run"  # transformer_options[RUN_KEY]: the RunState of the sampling run under way
 WRAPPER_KEY = "elastic_dit"
 COMPILE_KEY = "torch.compile"  # the wrapper key ComfyUI's TorchCompileModel uses
@@ -133,6 +134,10 @@ def apply_elastic(model, ckpt: RouterCheckpoint, policy: Policy, node_id: str | 
                          "off to run the model's own")
     m = model.clone()
     install(m, ElasticPatch(adapter, refs, ckpt, policy, node_id, act), width=policy.config.width)
+    # The routers (3.45 GB for the release, bf16) are a model of their own to ComfyUI's memory management:
+    # loaded to the model's device with it, counted in its decisions, freed like any model when room is needed.
+    m.set_additional_models(ROUTERS_KEY, [comfy.model_patcher.ModelPatcher(
+        ckpt.routers, load_device=model.load_device, offload_device=model.offload_device)])
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample)
     return m
