@@ -49,6 +49,9 @@ def _print_summary(info: dict) -> None:
     print(f"  dims        dim {info['dim']}, cond_dim {info['cond_dim']}, router hidden {info['hidden']}, "
           f"activation {info['activation']}, dtype {info['dtype']}")
     print(f"  widths      {', '.join(_fmt(w) for w in info['widths'])}")
+    act = info["mlp_activation"]
+    print("  model MLPs  " + (f"{act}: the released DiT's x*sigmoid(1.702x); Apply runs it by default" if act
+                              else "the model's own activation"))
     print(f"  defaults    {_pairs(info['defaults'])}")
     print(f"  targets     {_pairs(info['targets'])}")
     print(f"  provenance  {_pairs(info['provenance'], '; ')}")

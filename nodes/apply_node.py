@@ -86,6 +86,11 @@ class ElasticDiTApply:
                                    "residuals of blocks whose gate is far from the reuse band are dropped, and such a "
                                    "block runs instead of reusing (exact, a little slower). Qwen-Image at 1328x1328 "
                                    "with CFG would hold ~4.9 GB without a limit.", False),
+                "authors_activation": ("BOOLEAN", {"default": True, "tooltip": "For router files that ask for it "
+                                       "(the authors' released Qwen-Image E-DiT, and files converted from it): run "
+                                       "the routed blocks' MLPs (image and text) with the authors' x*sigmoid(1.702x), "
+                                       "as their DiT computes. Off: ComfyUI's tanh-GELU (about 1 % apart in the final "
+                                       "latent). Other router files: no effect."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -98,7 +103,7 @@ class ElasticDiTApply:
 
     def apply(self, model, router: RouterCheckpoint, tau, delta, max_reuse, skip_blocks, adapt_width, cache,
               cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", unique_id=None,
-              cache_budget=1.0):
+              cache_budget=1.0, authors_activation=True):
         if not isinstance(router, RouterCheckpoint):
             raise TypeError(f"router must come from Load Elastic Router, got {type(router).__name__}")
         device = None if cache_device == "auto" else cache_device
@@ -107,7 +112,8 @@ class ElasticDiTApply:
         if chosen == "file":  # the file sets the thresholds and the window: the sliders it greys out are not read
             config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
                                                          cache_device=device, cache_budget=budget)
-            return (apply_elastic(model, router, Policy(config), node_id=unique_id),)
+            return (apply_elastic(model, router, Policy(config), node_id=unique_id,
+                                  authors_activation=bool(authors_activation)),)
         if cache_start_percent > cache_end_percent:
             raise ValueError(f"cache_start_percent ({cache_start_percent}) must not exceed "
                              f"cache_end_percent ({cache_end_percent})")
@@ -117,4 +123,5 @@ class ElasticDiTApply:
         if chosen is not None:
             p = PAPER_PRESETS[chosen]
             config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
-        return (apply_elastic(model, router, Policy(config), node_id=unique_id),)
+        return (apply_elastic(model, router, Policy(config), node_id=unique_id,
+                              authors_activation=bool(authors_activation)),)
