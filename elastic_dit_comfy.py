@@ -90,21 +90,50 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="elastic_dit_comfy.py", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    t = sub.add_parser("train", help="run an API-format workflow holding Train Elastic Router")
-    t.add_argument("--comfyui", required=True, help="the ComfyUI folder (run this script with its Python)")
-    t.add_argument("--workflow", required=True, help="the workflow, exported with Workflow > Export (API)")
-    t.add_argument("--extra-nodes", action="append", default=[], help="more custom-node folders to load")
-    t.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for d in a.extra_nodes:
-        if not os.path.isdir(d):
-            raise SystemExit(f"--extra-nodes {d}: not a folder")
-    return run(os.path.abspath(a.comfyui), os.path.abspath(a.workflow), [os.path.abspath(d) for d in a.extra_nodes], a.cpu)
+def _comfyui_folder(text: str) -> str:
+    """--comfyui: a ComfyUI checkout (its main.py, nodes.py and comfy/ package), as an absolute path."""
+    path = os.path.abspath(text)
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text}: not a folder; expected the ComfyUI folder (the one holding main.py)")
+    missing = [n for n in ("main.py", "nodes.py", "comfy") if not os.path.exists(os.path.join(path, n))]
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text}: no {', '.join(missing)} there; expected the ComfyUI folder "
+                                         "(the one holding main.py)")
+    return path
 
+
+def _existing(kind: str):
+    def parse(text: str) -> str:
+        ok = os.path.isdir(text) if kind == "folder" else os.path.isfile(text)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{text}: not a {kind}")
+        return os.path.abspath(text)
+    parse.__name__ = kind
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elastic_dit_comfy.py", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                epilog="Run it with the Python of that ComfyUI (the engine's `elastic-dit` command "
+                                "never imports ComfyUI).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser("train", help="run an API-format workflow holding Train Elastic Router",
+                       description="Run an API-format workflow that holds Train Elastic Router in a ComfyUI, without "
+                       "its server: ComfyUI's own loader, validator and executor run it with this pack loaded.")
+    t.add_argument("--comfyui", required=True, type=_comfyui_folder,
+                   help="the ComfyUI folder (run this script with its Python)")
+    t.add_argument("--workflow", required=True, type=_existing("file"),
+                   help="the workflow, exported with Workflow > Export (API)")
+    t.add_argument("--extra-nodes", action="append", default=[], type=_existing("folder"),
+                   help="more custom-node folders to load (repeat for several)")
+    t.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(a.comfyui, a.workflow, a.extra_nodes, a.cpu)
 
 if __name__ == "__main__":
     sys.exit(main())

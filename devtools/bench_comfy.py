@@ -4,6 +4,10 @@ Real hidden width (D = 3072, 24 heads); depth and tokens reduced on a CPU, full 
 models sample the same steps through comfy.sample, alternately (dense, elastic, dense, ...), with a
 fixed decision plan (~40 % of blocks skipped, ~15 % reused, mean width 0.6). Reported: wall speedup,
 the FLOP-ideal speedup from the run record, their ratio (target >= 0.9), peak memory and cache bytes.
+Beside the plan, in the same process: E-DiT decisions from routers (released layout, random gate heads
+around tau, so they skip and run), the routers' share of that run's time (their calls timed by forward
+hooks), and ComfyUI's own EasyCache (one reuse threshold; not matched to the plan's compute). `--size
+gpu`: Qwen-Image 60 blocks and Flux 19 + 38 at D = 3072, bf16, 1024 x 1024 (4096 image tokens), CFG.
 
 usage: python devtools/bench_comfy.py [--comfyui PATH] [--size cpu|gpu|quick] [--out FILE]
 (use the Python that runs that ComfyUI)
@@ -24,7 +28,7 @@ from devtools.comfy_boot import boot, find_comfyui, version  # noqa: E402
 SIZES = {  # per family: blocks and latent size (tokens = (latent / 2)^2)
     "cpu": {"flux": dict(depth=2, single=4), "qwen": dict(layers=4), "latent": 32, "txt": 64, "steps": 6, "repeats": 2},
     "gpu": {"flux": dict(depth=19, single=38), "qwen": dict(layers=60), "latent": 128, "txt": 512, "steps": 10,
-            "repeats": 3},
+            "repeats": 2, "cfg": 4.0},
     "quick": {"flux": dict(depth=1, single=2), "qwen": dict(layers=2), "latent": 16, "txt": 16, "steps": 4,
               "repeats": 1, "hidden": 256},
 }
@@ -84,6 +88,48 @@ def build(kind, size, device, dtype):
     return tiny.build_from_config(kind, cfg, std=0.02, device=device, dtype=dtype)
 
 
+def live_routers(ckpt, seed: int = 5):
+    """Random gate heads around tau (as the released layout's routers at random): a mix of skips and runs."""
+    import torch
+    with torch.no_grad():
+        for i, r in enumerate(ckpt.routers):
+            r.out[2].weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(seed + i))
+            r.out[2].bias.fill_(0.3 * (-1) ** i)
+            r.width_head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(100 + seed + i))
+    return ckpt
+
+
+class RouterClock:
+    """Wall time spent in router calls (forward hooks; synchronised on a GPU)."""
+
+    def __init__(self, routers, device):
+        import torch
+        self.total, self._t0, self._sync = 0.0, 0.0, (torch.cuda.synchronize if device.type == "cuda" else lambda: None)
+        self._hooks = [h for r in routers for h in (r.register_forward_pre_hook(self._pre), r.register_forward_hook(self._post))]
+
+    def _pre(self, *_):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        self._sync()
+        self.total += time.perf_counter() - self._t0
+
+    def close(self):
+        for h in self._hooks:
+            h.remove()
+
+
+def easycache(model, threshold: float = 0.2):
+    """ComfyUI's own EasyCache node on the model (a clone), or None where this ComfyUI has none."""
+    try:
+        node = importlib.import_module("comfy_extras.nodes_easycache").EasyCacheNode
+    except (ImportError, AttributeError):
+        return None
+    out = node.execute(model, threshold, 0.15, 0.95, False)
+    return out.result[0] if hasattr(out, "result") else out[0]
+
+
 def bench_family(kind, size, device, dtype, pack, nodes):
     from devtools import tiny_models as tiny
     model = build(kind, size, device, dtype)
@@ -96,27 +142,47 @@ def bench_family(kind, size, device, dtype, pack, nodes):
     patched = pack.nodes.patch.apply_elastic(model, ckpt, plan_policy(cfg, plan))
     # Everything but the blocks (embeddings, final layer, sampler): the time of a run that skips all blocks.
     skip_all = pack.nodes.patch.apply_elastic(model, ckpt, plan_policy(cfg, lambda s, b: (0, 1.0)))
-    args = dict(cfg=1.0, steps=size["steps"], size=size["latent"], tokens=size["txt"], device=device, dtype=dtype)
-    runs = {"dense": [], "elastic": [], "outside": []}
-    for _ in range(size["repeats"] + 1):  # the first round warms up
-        for name, m in (("dense", model), ("elastic", patched), ("outside", skip_all)):
+    live_ckpt = live_routers(tiny.make_routers(pack, model))
+    live_ckpt.routers.to(device=device, dtype=dtype)
+    live = pack.nodes.patch.apply_elastic(model, live_ckpt, pack.elastic_core.policy.Policy(cfg))
+    args = dict(cfg=size.get("cfg", 1.0), steps=size["steps"], size=size["latent"], tokens=size["txt"], device=device,
+                dtype=dtype)
+    models = [("dense", model), ("elastic", patched), ("outside", skip_all), ("routers", live)]
+    models += [("easycache", m) for m in [easycache(model)] if m is not None]
+    runs = {name: [] for name, _ in models}
+    clock = RouterClock(live_ckpt.routers.routers, device)
+    for r in range(size["repeats"] + 1):  # the first round warms up
+        for name, m in models:
+            before = clock.total
             runs[name].append(_peak(device, lambda: tiny.sample(m, kind, **args)))
+            if name == "routers":
+                router_s = clock.total - before  # the last "routers" run's time in router calls
+    clock.close()
     t = {k: statistics.median(x[0] for x in v[1:]) for k, v in runs.items()}
     mem = {k: max(x[1] for x in v[1:]) for k, v in runs.items()}
+    live_rec = live.model_options["transformer_options"][pack.nodes.patch.HOLDER_KEY].last_record.totals()
     rec = patched.model_options["transformer_options"][pack.nodes.patch.HOLDER_KEY].last_record
     tot = rec.totals()
     f = rec.flops
     ideal = (f["dense_attn"] + f["dense_mlp"]) / (f["exec_attn"] + f["exec_mlp"] + f["router"])
     # The wall time elastic sampling should take if the blocks' share shrank by exactly the FLOP ratio.
     expected = t["outside"] + (t["dense"] - t["outside"]) / ideal
-    del model, patched, skip_all
-    return {"family": kind, "blocks": n_blocks, "img_tokens": (size["latent"] // 2) ** 2, "txt_tokens": size["txt"],
+    del model, patched, skip_all, live
+    extra = {"routers_s": t["routers"], "routers_speedup": t["dense"] / t["routers"], "routers_skipped": live_rec["skipped"],
+             "routers_share": clock_share(runs["routers"], router_s), "per_step_s": {k: v / size["steps"] for k, v in t.items()},
+             "peak_mem": mem, "easycache_s": t.get("easycache"), "cfg": args["cfg"]}
+    return {**extra,"family": kind, "blocks": n_blocks, "img_tokens": (size["latent"] // 2) ** 2, "txt_tokens": size["txt"],
             "steps": size["steps"], "dense_s": t["dense"], "elastic_s": t["elastic"],
             "measured_speedup": t["dense"] / t["elastic"], "ideal_speedup": ideal,
             "efficiency": t["dense"] / t["elastic"] / ideal, "outside_blocks_s": t["outside"],
             "expected_elastic_s": expected, "efficiency_blocks": expected / t["elastic"], "skipped": tot["skipped"], "reused": tot["reused"],
             "mean_width": tot["mean_width"], "peak_mem_dense": mem["dense"], "peak_mem_elastic": mem["elastic"],
             "cache_bytes_peak": tot["cache_bytes_peak"]}
+
+
+def clock_share(runs, router_s: float) -> float:
+    """The routers' share of the last "routers" run's wall time."""
+    return router_s / runs[-1][0] if runs and runs[-1][0] > 0 else 0.0
 
 
 def main(argv=None) -> int:
@@ -164,6 +230,10 @@ def format_rows(r: dict) -> str:
                      f"{x['cache_bytes_peak'] / mib:>9.1f}")
         lines.append(f"{'':8} plan: skipped {x['skipped']:.0%}, reused {x['reused']:.0%}, mean width "
                      f"{x['mean_width']:.2f}; target ratio >= 0.9")
+        ec = "n/a" if x.get("easycache_s") is None else f"{x['dense_s'] / x['easycache_s']:.2f}x"
+        lines.append(f"{'':8} routers deciding (random gates): {x['routers_speedup']:.2f}x, skipped "
+                     f"{x['routers_skipped']:.0%}, routers {x['routers_share']:.1%} of its time; EasyCache: {ec}; "
+                     f"per step dense {x['per_step_s']['dense'] * 1e3:.0f} ms, cfg {x['cfg']}")
         lines.append(f"{'':8} outside the blocks {x['outside_blocks_s']:.2f} s per run; counting it, the FLOP "
                      f"ratio predicts {x['expected_elastic_s']:.2f} s: measured/predicted speed "
                      f"{x['efficiency_blocks']:.2f}")

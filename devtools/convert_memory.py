@@ -1,6 +1,9 @@
 """Memory of `elastic-dit convert --base` on a synthetic released-layout pair (Qwen-Image key names).
 
-    python -m devtools.convert_memory [--blocks 64] [--dim 512] [--rank 16] [--delta-rank 8] [--dir DIR]
+    python -m devtools.convert_memory [--blocks 64] [--dim 512] [--rank 16] [--delta-rank 8] [--dir DIR] [--check]
+
+A benchmark, not a test: 64 blocks peak at about 8 GB of process memory (the torch profiler's records
+of every operation, not the conversion's). The test suite runs the same check on 2 blocks.
 
 Builds BASE and RELEASED (= BASE + a rank-`delta-rank` change per weight, changed biases, routers
 under gate_mlps) tensor by tensor, then converts them in a fresh process and reports, above the memory
@@ -156,6 +159,20 @@ def convert(base: str, released: str, folder: str, rank: int) -> dict:
     return {**peaks, "report": result["report"].total()}
 
 
+def check(r: dict) -> list[str]:
+    """The bounds a streamed conversion keeps (empty: all kept). Tensor data alive at once (the torch
+    allocator's exact peak) under 2x the largest tensor: reading whole tensors (released + base + their
+    float32 difference: 6x for bf16) would break it. The whole process (anonymous RSS) under that plus the
+    bookkeeping, which grows with the tensor count (headers: ~2 KB a tensor), not with their size."""
+    bad = []
+    if r["torch_x_largest"] > 2.0:
+        bad.append(f"tensor data peak {r['torch_x_largest']:.2f}x the largest tensor; expected <= 2x")
+    allowed = 2 * r["largest_tensor"] + 4096 * r["tensors"]
+    if r["rss_anon"] > allowed:
+        bad.append(f"anonymous RSS peak {r['rss_anon']} B; expected <= {allowed} B (2x the largest tensor + 4 KiB a tensor)")
+    return bad
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m devtools.convert_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, default=64)
@@ -163,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--delta-rank", type=int, default=8)
     p.add_argument("--dir", default=None)
+    p.add_argument("--check", action="store_true", help="exit 1 unless the memory bounds hold (see check())")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child: convert the pair in this folder
     a = p.parse_args(argv)
     if a.measure:
@@ -182,6 +200,10 @@ def main(argv=None) -> int:
     for k in ("torch", "python", "rss_anon"):
         r[k + "_x_largest"] = r[k] / largest
     print(json.dumps(r, indent=1))
+    if a.check:
+        bad = check(r)
+        print("check: " + ("; ".join(bad) if bad else "the memory bounds hold"))
+        return 1 if bad else 0
     return 0
 
 

@@ -1,78 +1,106 @@
 """Make the template browser's thumbnails: workflows/<name>.jpg for every workflows/<name>.json.
 
 ComfyUI's template browser shows `<pack>/workflows/<name>.json` with the picture `<name>.jpg` beside it.
-Each thumbnail is the workflow's title over the heatmap of a real elastic run (the built-in toy model
-with its shipped routers): what the Apply node's widget shows after a run.
+Each thumbnail is a short title over the gate heatmap of a real elastic run of the workflow's own model
+family at its real block count (Qwen-Image 60 blocks, Flux.1 19 + 38, Hunyuan3D 2.1 21): ComfyUI's own
+model class, tiny width and random weights, random routers (no real weights ship), sampled through
+comfy.sample with Apply Elastic DiT's hooks. From a git checkout, with a ComfyUI's Python:
 
-    python devtools/thumbnails.py          (needs Pillow for JPEG; ComfyUI's Python has it)
+    python devtools/thumbnails.py [--comfyui PATH] [--only NAME ...]
 """
 from __future__ import annotations
 
-import glob
-import json
+import argparse
 import os
 import sys
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from elastic_core import font, heatmap  # noqa: E402
-from elastic_core.toy.pipeline import generate, load_dit, load_toy_routers  # noqa: E402
-from elastic_core.toy.world import WorldSpec, batch  # noqa: E402
+from devtools.comfy_boot import boot, find_comfyui  # noqa: E402
 
 SIZE = (400, 300)  # width, height
+# workflow -> (title, family, seed): the family's run at its real depth; a seed per workflow, so no two match
+WORKFLOWS = {
+    "qwen-image-e-dit": ("Qwen-Image with the released E-DiT checkpoint", "qwen", 1),
+    "qwen-image-e-dit-lora": ("Your Qwen-Image + the release as routers and a LoRA", "qwen", 2),
+    "flux-dev-elastic": ("FLUX.1-dev with a router file", "flux", 3),
+    "flux-dev-train-router": ("FLUX.1-dev: train routers, then sample", "flux", 4),
+    "flux-dev-train-router-lora": ("FLUX.1-dev: train routers and a LoRA", "flux", 5),
+    "hunyuan3d-elastic": ("Hunyuan3D 2.1: image to 3D mesh", "hunyuan3d21", 6),
+}
+FAMILY = {"qwen": "Qwen-Image, 60 blocks", "flux": "Flux.1, 19 + 38 blocks",
+          "hunyuan3d21": "Hunyuan3D 2.1, 21 blocks"}
 
 
-def title_of(path: str) -> str:
-    """The workflow's first Note line, else its file name."""
-    with open(path) as f:
-        wf = json.load(f)
-    for node in wf.get("nodes", []):
-        if node.get("type") == "Note" and node.get("widgets_values"):
-            line = str(node["widgets_values"][0]).strip().splitlines()[0]
-            return line.lstrip("# ").strip()
-    return os.path.splitext(os.path.basename(path))[0].replace("-", " ")
-
-
-def demo_record(seed: int = 0, steps: int = 20):
-    """The record of one elastic run of the toy model with its shipped routers at their defaults."""
+def record_of(pack, family: str, seed: int, steps: int = 20):
+    """The run record of one elastic run of a tiny random-weight model of `family` at its real depth."""
     import torch
-    model, ckpt = load_dit(), load_toy_routers()
-    _, toks, _ = batch(1, np.random.default_rng(seed), WorldSpec(size=model.cfg.image), complexity=np.array([0.5]))
-    noise = torch.randn(1, 3, model.cfg.image, model.cfg.image, generator=torch.Generator().manual_seed(seed))
-    _, rec, _ = generate(model, torch.from_numpy(toks), noise, steps, ckpt.routers, ckpt.meta.elastic_config())
-    return rec
+
+    from devtools import tiny_models as tiny
+    if family == "hunyuan3d21":
+        model = tiny.build_3d("hunyuan3d21", seed=seed, depth=21, moe=6)
+    else:
+        model = tiny.build(family, seed=seed, **({"layers": 60} if family == "qwen" else {"depth": 19, "single": 38}))
+    ckpt = tiny.make_routers(pack, model, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # random routers: some blocks closed, some open, some near tau, moving with the input
+        for r in ckpt.routers.routers:
+            r.out[2].bias.fill_(float(torch.randn(1, generator=g)) * 1.5)
+            r.out[2].weight.normal_(0.0, 0.3, generator=g)
+            r.width_head.bias.copy_(torch.randn(r.width_head.bias.shape, generator=g))
+    config = pack.elastic_core.config.ElasticConfig(delta=0.2, max_reuse=3, cache_start=0.2)
+    patched = pack.nodes.patch.apply_elastic(model, ckpt, pack.elastic_core.policy.Policy(config))
+    if family == "hunyuan3d21":
+        tiny.sample_3d(patched, cfg=3.0, steps=steps, seed=seed)
+    else:
+        tiny.sample(patched, family, cfg=3.0, steps=steps, seed=seed)
+    return patched.model_options["transformer_options"][pack.nodes.patch.HOLDER_KEY].last_record
 
 
-def thumbnail(title: str, pic: np.ndarray) -> np.ndarray:
+def thumbnail(pack, title: str, family: str, record):
+    """The title (wrapped to fit, two lines at most), the heatmap scaled into the rest, a caption."""
+    import importlib
+
+    from PIL import Image, ImageDraw
+    heatmap, draw = (importlib.import_module(f"{pack.__name__}.elastic_core.{m}") for m in ("heatmap", "draw"))
     w, h = SIZE
-    img = np.empty((h, w, 3), dtype=np.uint8)
-    img[:] = (21, 21, 21)
-    words, lines = title.split(), [""]
-    for word in words:  # wrap to the width, two lines at most
-        if font.text_width((lines[-1] + " " + word).strip()) * 2 > w - 16 and lines[-1]:
-            lines.append("")
-        lines[-1] = (lines[-1] + " " + word).strip()
-    head = np.zeros((2 * (font.H + 3), w // 2, 3), dtype=np.uint8) + 21
-    for i, line in enumerate(lines[:2]):
-        font.draw_text(head, 4, 2 + i * (font.H + 3), line, (230, 230, 230))
-    head = head.repeat(2, 0).repeat(2, 1)
-    img[:head.shape[0], :head.shape[1]] = head
-    top = head.shape[0] + 4
-    crop = pic[: h - top, : w]
-    img[top:top + crop.shape[0], :crop.shape[1]] = crop
+    img = Image.new("RGB", SIZE, (21, 21, 21))
+    d = ImageDraw.Draw(img)
+    big, small = draw.font(22), draw.font(12)
+    lines = draw.wrap(d, title, big, w - 16, 2)
+    for i, line in enumerate(lines):
+        d.text((8, 6 + i * 26), line, fill=(235, 235, 235), font=big)
+    top, foot = 12 + 26 * len(lines), 20
+    t = record.totals()
+    d.text((8, h - foot + 2), draw.fit(d, f"{FAMILY[family]} (tiny, random): skipped {t['skipped']:.0%}, reused "
+                                       f"{t['reused']:.0%}", small, w - 16, keep="start"), fill=(190, 190, 190), font=small)
+    # drawn with roomy cells, then scaled down smoothly: 60 rows in ~210 px would leave no room for the marks
+    grid = Image.fromarray(heatmap.render(heatmap.payload(record), 0, cell=(20, 10), legend=0))  # rows: blocks
+    grid = grid.resize((w - 16, h - top - foot - 6), Image.LANCZOS)
+    img.paste(grid, (8, top))
     return img
 
 
-def main() -> int:
-    from PIL import Image
-    pic = heatmap.picture(heatmap.payload(demo_record()), 0, scale=1)
-    for path in sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json"))):
-        out = os.path.splitext(path)[0] + ".jpg"
-        Image.fromarray(thumbnail(title_of(path), pic)).save(out, quality=85)
-        print(f"wrote {os.path.relpath(out, ROOT)}")
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: as the tests find it)")
+    ap.add_argument("--only", nargs="+", choices=sorted(WORKFLOWS), default=None, help="remake only these")
+    a = ap.parse_args(argv)
+    path, how = (a.comfyui, "--comfyui") if a.comfyui else find_comfyui()
+    if not path:
+        raise SystemExit(how)
+    _, pack = boot(path)
+    missing = sorted({os.path.splitext(f)[0] for f in os.listdir(os.path.join(ROOT, "workflows"))
+                      if f.endswith(".json")} - set(WORKFLOWS))
+    if missing:
+        raise SystemExit(f"no title and family for workflows {missing}: add them to WORKFLOWS")
+    for name, (title, family, seed) in WORKFLOWS.items():
+        if a.only and name not in a.only:
+            continue
+        out = os.path.join(ROOT, "workflows", name + ".jpg")
+        thumbnail(pack, title, family, record_of(pack, family, seed)).save(out, quality=88)
+        print(f"wrote {os.path.relpath(out, ROOT)}", flush=True)
     return 0
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .config import WIDTHS, ElasticConfig, RouterConfig
+from .elastic_mlp import MLP_ACTIVATIONS
 from .router import Router, RouterSet
 
 FORMAT = "elastic-dit-router"
@@ -34,6 +35,8 @@ SUPPORTED_VERSIONS = ("1",)
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 # The released code's behaviour: band [0.5, 0.515], K = 10, caching from step 15 of 30.
 RELEASED_DEFAULTS = {"tau": 0.5, "delta": 0.015, "max_reuse": 10, "cache_start": 0.5, "cache_end": 1.0}
+RELEASED_MLP_ACTIVATION = "quick_gelu"  # the released DiT's MLPs run x * sigmoid(1.702 x), not tanh-GELU
+RELEASED_CONVERTER = "elastic_core.checkpoint.import_released"
 
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _GENERIC_FORMATS = ("pt", "np", "tf", "flax", "mlx")  # tags torch/transformers write; not a router format
@@ -62,6 +65,9 @@ class RouterMeta:
     rho_g: float | None = None  # training target of the mean gate probability
     rho_w: float | None = None  # training target of the mean width ratio
     provenance: dict = field(default_factory=dict)  # str -> str: source, converter/trainer, date, notes
+    # The MLP activation the routers were trained under, when not the model's own (MLP_ACTIVATIONS key):
+    # the released routers' DiT ran "quick_gelu". Apply runs the routed blocks' MLPs with it.
+    mlp_activation: str | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -77,6 +83,9 @@ class RouterMeta:
         unknown = set(self.defaults) - {f.name for f in fields(ElasticConfig)}
         if unknown:
             raise ValueError(f"defaults has keys {sorted(unknown)} that are not ElasticConfig fields")
+        if self.mlp_activation is not None and self.mlp_activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp_activation {self.mlp_activation!r} is not one of {sorted(MLP_ACTIVATIONS)} "
+                             "(or absent: the model's own)")
         self.elastic_config()  # values are checked by ElasticConfig itself
 
     @property
@@ -264,7 +273,8 @@ def router_metadata(meta: RouterMeta) -> dict[str, str]:
     """The metadata of our format for routers described by `meta`."""
     c = meta.router
     blocks = [{"name": n, "dim": c.dim, "cond_dim": c.cond} for n in meta.block_names]
-    return {
+    act = {} if meta.mlp_activation is None else {"mlp_activation": meta.mlp_activation}
+    return {**act,
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": meta.family,
         "blocks": json.dumps(blocks), "router_hidden": str(c.hidden), "widths": json.dumps(list(c.widths)),
         "activation": c.activation, "ln_eps": repr(c.ln_eps), "defaults": json.dumps(meta.defaults),
@@ -337,10 +347,14 @@ def _parse_meta(path: str, md: dict) -> RouterMeta:
     widths = _meta_field(path, md, "widths", list)
     defaults, targets = _meta_field(path, md, "defaults", dict), _meta_field(path, md, "targets", dict)
     provenance = _meta_field(path, md, "provenance", dict)
+    # Files converted before the key existed: the converter's name says they hold the released routers.
+    act = md.get("mlp_activation") or (RELEASED_MLP_ACTIVATION if provenance.get("converter") == RELEASED_CONVERTER
+                                       and family == "qwen_image" else None)
     try:
         config = RouterConfig(dim=dim, cond_dim=None if cond == dim else cond, hidden=int(hidden),
                               widths=tuple(widths), activation=activation, ln_eps=ln_eps)
-        return RouterMeta(family, names, config, defaults, targets.get("rho_g"), targets.get("rho_w"), provenance)
+        return RouterMeta(family, names, config, defaults, targets.get("rho_g"), targets.get("rho_w"), provenance,
+                          mlp_activation=act)
     except (TypeError, ValueError) as e:
         raise _err(path, f"invalid metadata: {e}") from None
 
@@ -415,10 +429,11 @@ def _released_meta(path: str, h: _Header):
 
     _check_keys(path, found, {fkey(i, s): names[i] for i in range(n) for s in _SUBKEYS})
     config = _released_config(path, found, fkey, names)
-    provenance = {"source": os.path.basename(path), "converter": "elastic_core.checkpoint.import_released",
+    provenance = {"source": os.path.basename(path), "converter": RELEASED_CONVERTER,
                   "date": datetime.date.today().isoformat(),
                   "notes": "authors' released Qwen-Image E-DiT routers (gate_mlps); rho targets not published with the file"}
-    return RouterMeta("qwen_image", names, config, RELEASED_DEFAULTS, provenance=provenance), fkey
+    return RouterMeta("qwen_image", names, config, RELEASED_DEFAULTS, provenance=provenance,
+                      mlp_activation=RELEASED_MLP_ACTIVATION), fkey
 
 
 def import_released(path, device="cpu") -> RouterCheckpoint:
@@ -468,7 +483,7 @@ def describe(ckpt: RouterCheckpoint) -> dict:
     return {
         "path": ckpt.path, "family": m.family, "blocks": len(routers), "block_names": list(m.block_names),
         "dim": m.dim, "cond_dim": m.cond_dim, "hidden": c.hidden, "widths": list(c.widths),
-        "activation": c.activation, "dtype": str(routers.routers[0].out[0].weight.dtype).removeprefix("torch."),
+        "activation": c.activation, "mlp_activation": m.mlp_activation, "dtype": str(routers.routers[0].out[0].weight.dtype).removeprefix("torch."),
         "defaults": dict(m.defaults), "targets": {"rho_g": m.rho_g, "rho_w": m.rho_w},
         "provenance": dict(m.provenance), "per_block": per_block,
     }

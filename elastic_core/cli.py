@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 
 from . import bench
+from .argtypes import COUNT
 import torch
 
 from .checkpoint import PICKLE_EXTENSIONS, CheckpointError, describe, load_routers, read_header, released_plan
@@ -48,6 +49,9 @@ def _print_summary(info: dict) -> None:
     print(f"  dims        dim {info['dim']}, cond_dim {info['cond_dim']}, router hidden {info['hidden']}, "
           f"activation {info['activation']}, dtype {info['dtype']}")
     print(f"  widths      {', '.join(_fmt(w) for w in info['widths'])}")
+    act = info["mlp_activation"]
+    print("  model MLPs  " + (f"{act}: the released DiT's x*sigmoid(1.702x); Apply runs it by default" if act
+                              else "the model's own activation"))
     print(f"  defaults    {_pairs(info['defaults'])}")
     print(f"  targets     {_pairs(info['targets'])}")
     print(f"  provenance  {_pairs(info['provenance'], '; ')}")
@@ -227,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=None, help="rank of that LoRA (default 64)")
     p.add_argument("--lora-out", default=None, help="the LoRA file (default: OUT's name with -lora)")
     p.add_argument("--lora-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    p.add_argument("--power-iters", type=int, default=2, help="power iterations of the randomized SVD")
+    p.add_argument("--power-iters", type=COUNT, default=2, help="power iterations of the randomized SVD")
     p.add_argument("--report", default=None, help="write every layer's error to this JSON file")
     p.set_defaults(func=_convert)
     bench.add_parser(sub)

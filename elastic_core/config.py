@@ -65,6 +65,7 @@ class ElasticConfig:
     cache_start: float = 0.5
     cache_end: float = 1.0
     cache_device: str | None = None  # None: keep residuals on the device they were computed on
+    cache_budget: int | None = None  # bytes the residual cache may hold (the policy keeps what fits); None: no limit
 
     def __post_init__(self):
         for name in ("tau", "delta", "cache_start", "cache_end"):
@@ -78,6 +79,10 @@ class ElasticConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.cache_device is not None and not isinstance(self.cache_device, str):
             raise ValueError(f"cache_device must be a device name or None, got {self.cache_device!r}")
+        if self.cache_budget is not None and (isinstance(self.cache_budget, bool) or not isinstance(
+                self.cache_budget, int) or self.cache_budget < 0):
+            raise ValueError(f"cache_budget must be a whole number of bytes >= 0 or None (no limit), "
+                             f"got {self.cache_budget!r}")
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {self.tau}")
         if not 0.0 <= self.delta <= 1.0:
@@ -95,8 +100,9 @@ class ElasticConfig:
         return {"version": self.VERSION, **asdict(self)}
 
 
-# The paper's Table-1 settings, one choice away from the released-code defaults. The paper's deltas
-# are probably on another scale than the released band (see README); they are given as published.
+# The paper's stated settings (its section 4.1), one choice away from the released-code defaults. The
+# released code's band is 0.015; the paper gives 0.1 / 0.15 for routers trained at its rho values
+# (docs/nodes.md, "Presets").
 PAPER_PRESETS = {
     "released": ElasticConfig(),
     "qwen-image-base": ElasticConfig(delta=0.1, max_reuse=5),

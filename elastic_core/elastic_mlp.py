@@ -27,6 +27,16 @@ from torch import Tensor
 WeightFn = Callable[[Tensor], tuple[Tensor, Optional[Tensor]]]
 
 
+def quick_gelu(x: Tensor) -> Tensor:
+    """x * sigmoid(1.702 x): the MLP activation of the authors' released Qwen-Image E-DiT (their
+    `ApproximateGELU`), where ComfyUI's Qwen-Image runs tanh-GELU (1.3 % apart per forward)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+# MLP activations a router file may ask for by name (metadata `mlp_activation`); absent: the model's own.
+MLP_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"quick_gelu": quick_gelu}
+
+
 @dataclass(frozen=True)
 class MLPLayout:
     hidden: int  # M

@@ -6,16 +6,18 @@ needs: which steps were in the cache window and each block's cost at each width.
 
 `what_if` re-decides a recorded run at other tau / delta / K from the recorded probabilities, through
 the same policy the runner decides with. It is an estimate: with other decisions the model's inputs,
-hence p, would change too.
+hence p, would change too; and it assumes a cache without a budget (a NOCACHE run of the record, a
+block that ran because the budget had not kept its residual, replays as the reuse it would have been).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from . import font
 from .config import ElasticConfig
 from .policy import Policy, replay
-from .stats import ACTIONS, REUSE, RUN, SKIP, RunRecord, finite
+from .stats import ACTIONS, NOCACHE, RAN, REUSE, RUN, SKIP, RunRecord, finite
 
 SCHEMA = "elastic-dit/heatmap"
 SCHEMA_VERSION = 1
@@ -25,6 +27,7 @@ PALETTE = {
     "skip": "#000000", "skip_alpha": 0.6,  # a dark veil over skipped cells
     "reuse": "#ffffff",  # a dot: residual reused from cache
     "width": "#ff7f0e",  # a bar at a run cell's foot, as long as the MLP width
+    "nocache": "#ff4fd8",  # a ring: ran because the cache budget had not kept the residual to reuse
     "tau": "#ff2d55", "empty": "#2b2b2b", "grid": "#151515", "text": "#dddddd",
 }
 
@@ -149,8 +152,11 @@ def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int
                 box[:] = box * (1 - PALETTE["skip_alpha"]) + _hex(PALETTE["skip"]) * PALETTE["skip_alpha"]
             elif a == REUSE:
                 box[ch // 2 - 2:ch // 2 + 1, cw // 2 - 2:cw // 2 + 1] = _hex(PALETTE["reuse"])
-            elif a == RUN:
+            elif a in RAN:
                 box[-2:, : max(1, round((cw - 1) * v["width"][b][s]))] = _hex(PALETTE["width"])
+            if a == NOCACHE:  # a ring where a reuse would have had its dot
+                ring = box[ch // 2 - 3:ch // 2 + 1, cw // 2 - 2:cw // 2 + 2]
+                ring[[0, -1]] = ring[:, [0, -1]] = _hex(PALETTE["nocache"])
     top = n_b * ch + 4
     for x in range(img.shape[1]):  # the p ramp, 0 at the left, 1 at the right
         img[top:top + 8, x] = ramp(x / (img.shape[1] - 1))
@@ -160,42 +166,93 @@ def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int
     return img.clip(0, 255).astype(np.uint8)
 
 
-def picture(pl: dict, view: int = 0, scale: int = 2) -> np.ndarray:
-    """The heatmap with its words: title, summary, block names, step axis and a labelled p legend (the
-    stats node's IMAGE and the demo's heatmap.png). -> uint8 [H, W, 3]"""
+def cache_line(totals: dict, config: dict) -> str:
+    """The residual cache in one line: its peak, the budget, and the runs the budget caused."""
+    budget = config.get("cache_budget")
+    line = f"cache peak {totals.get('cache_bytes_peak', 0) / 2**20:.1f} MiB, budget " + (
+        "none" if budget is None else f"{budget / 2**30:.2f} GiB")
+    if totals.get("no_cache"):
+        line += f", no cache {totals['no_cache']:.0%}"
+    return line
+
+
+def _step_labels(n_s: int, cw: int, label_w: float) -> list[int]:
+    """The steps whose number the axis prints: every k-th, k the fewest cells that hold the widest number
+    plus a gap, so numbers never run together ("10111213..." once did)."""
+    every = max(1, math.ceil((label_w + 6) / cw))
+    return list(range(0, n_s, every))
+
+
+def picture(pl: dict, view: int = 0, scale: int = 2, label: str | None = None) -> np.ndarray:
+    """The heatmap with its words: title, summary, block names, step axis and a legend (the p ramp with
+    tau and the reuse band [tau, tau + delta], and the three marks), drawn with Pillow: the stats node's
+    IMAGE and the demo's heatmap.png. `label` names what is shown (default: the view's stream and sample
+    index in its batch). -> uint8 [H, W, 3]"""
+    from PIL import Image, ImageDraw
+
+    from .draw import fit, font, text_width, to_array
     v, t, cfg = pl["views"][view], pl["summary"], pl["config"]
-    cw, ch = 12, 8
+    cw, ch, fs = 12 * scale, 8 * scale, max(8, 6 * scale + 1)
+    f, pad = font(fs), 2 * scale
     grid = render(pl, view, cell=(cw, ch), legend=0)  # [n_b * ch, n_s * cw, 3]
-    n_b, n_s = len(v["p"]), len(pl["steps"])
-    label_w = font.text_width("x" * 18) + 6
-    head, axis, legend = 2 * (font.H + 4) + 2, font.H + 4, font.H + 16
-    width = max(label_w + grid.shape[1] + 4, 2 * label_w + 160)
-    img = np.empty((head + grid.shape[0] + axis + legend, width, 3), dtype=np.uint8)
-    img[:] = _hex(PALETTE["grid"]).astype(np.uint8)
-    text = _hex(PALETTE["text"])
+    n_s = len(pl["steps"])
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = min(max([text_width(probe, b["name"], f) for b in pl["blocks"]] + [40]), 26 * fs * 0.6) + 2 * pad
+    head, axis, legend = 3 * (fs + pad) + pad, fs + 2 * pad, 2 * (fs + pad) + 10 * scale
+    width = int(max(label_w + grid.shape[1] + pad, 2 * label_w + 220 * scale))
+    img = Image.new("RGB", (width, head + grid.shape[0] + axis + legend), tuple(int(c) for c in _hex(PALETTE["grid"])))
+    d, text = ImageDraw.Draw(img), tuple(int(c) for c in _hex(PALETTE["text"]))
     est = "what-if estimate - " if pl.get("estimate") else ""
-    font.draw_text(img, 3, 3, f"{est}Elastic DiT - {v['stream']} sample {v['sample']} - tau {cfg.get('tau')} "
-                   f"delta {cfg.get('delta')} K {cfg.get('max_reuse')}", text)
+    name = label or f"{v['stream']} sample {v['sample']}"
+    d.text((pad, pad), fit(d, f"{est}Elastic DiT - {name} - tau {cfg.get('tau')} delta {cfg.get('delta')} "
+                              f"K {cfg.get('max_reuse')}", f, width - 2 * pad, keep="start"), fill=text, font=f)
     speed = t.get("estimated_speedup")
-    font.draw_text(img, 3, 3 + font.H + 4, f"skipped {t['skipped']:.0%}  reused {t['reused']:.0%}  width "
-                   f"{t['mean_width']:.2f}  compute {t['executed_fraction']:.0%}  est. "
-                   + (f"{speed:.2f}x" if speed is not None and np.isfinite(speed) else "-"), text)
-    img[head:head + grid.shape[0], label_w:label_w + grid.shape[1]] = grid
+    d.text((pad, 2 * pad + fs), f"skipped {t['skipped']:.0%}  reused {t['reused']:.0%}  width {t['mean_width']:.2f}  "
+           f"compute {t['executed_fraction']:.0%}  est. " + (f"{speed:.2f}x" if speed is not None and np.isfinite(speed)
+                                                              else "-"), fill=text, font=f)
+    d.text((pad, 3 * pad + 2 * fs), fit(d, cache_line(t, cfg), f, width - 2 * pad), fill=text, font=f)
+    img.paste(Image.fromarray(grid), (int(label_w), head))
     for b, blk in enumerate(pl["blocks"]):
-        font.draw_text(img, 3, head + b * ch, blk["name"][-18:], text, max_width=label_w - 6)
-    every = max(1, -(-font.text_width(str(n_s)) // cw))  # label every `every` steps so numbers never touch
-    y = head + grid.shape[0] + 2
-    for s in range(0, n_s, every):
-        font.draw_text(img, label_w + s * cw + 1, y, str(s), text)
-    font.draw_text(img, 3, y, "step", text)
-    y += axis
-    ramp_w = width - 2 * label_w
-    for x in range(ramp_w):  # p from 0 at the left to 1 at the right, tau marked
-        img[y:y + 6, label_w + x] = ramp(x / max(ramp_w - 1, 1)).astype(np.uint8)
-    tx = label_w + round(cfg.get("tau", 0.5) * (ramp_w - 1))
-    img[y - 2:y + 8, max(0, tx - 1):tx + 1] = _hex(PALETTE["tau"]).astype(np.uint8)
-    font.draw_text(img, 3, y, "gate p", text)
-    font.draw_text(img, label_w, y + 8, "0", text)
-    font.draw_text(img, label_w + ramp_w - font.W, y + 8, "1", text)
-    font.draw_text(img, tx - font.text_width("tau") // 2, y + 8, "tau", _hex(PALETTE["tau"]))
-    return img.repeat(scale, 0).repeat(scale, 1)
+        d.text((pad, head + b * ch + (ch - fs) // 2), fit(d, blk["name"], f, label_w - 2 * pad), fill=text, font=f)
+    y = head + grid.shape[0] + pad
+    for s in _step_labels(n_s, cw, text_width(d, str(n_s - 1), f)):
+        d.text((label_w + s * cw + 1, y), str(s), fill=text, font=f)
+    d.text((pad, y), "step", fill=text, font=f)
+    _legend(d, img, pl, (int(label_w), y + axis), width - 2 * int(label_w), f, scale)
+    return to_array(img)
+
+
+def _legend(d, img, pl: dict, at: tuple[int, int], ramp_w: int, f, scale: int) -> None:
+    """The p ramp, 0 to 1, with tau and the reuse band [tau, tau + delta] marked; then the three marks."""
+    from .draw import text_width
+    x0, y = at
+    cfg, fs, text = pl["config"], f.size if hasattr(f, "size") else 10, tuple(int(c) for c in _hex(PALETTE["text"]))
+    tau, delta = float(cfg.get("tau", 0.5)), float(cfg.get("delta", 0.0))
+    bar = np.stack([ramp(x / max(ramp_w - 1, 1)) for x in range(ramp_w)]).astype(np.uint8)[None]  # [1, W, 3]
+    img.paste(_image(bar.repeat(3 * scale, 0)), (x0, y))
+    px = lambda p: x0 + round(min(max(p, 0.0), 1.0) * (ramp_w - 1))  # noqa: E731
+    red, white = tuple(int(c) for c in _hex(PALETTE["tau"])), tuple(int(c) for c in _hex(PALETTE["reuse"]))
+    if delta > 0:  # the reuse band: a white bracket above the ramp from tau to tau + delta
+        d.rectangle([px(tau), y - 2 * scale, max(px(tau + delta), px(tau) + 1), y - scale], fill=white)
+    d.rectangle([px(tau) - scale // 2, y - 3 * scale, px(tau) + scale // 2, y + 4 * scale], fill=red)
+    d.text((x0 - text_width(d, "gate p ", f) - 2, y - scale), "gate p", fill=text, font=f)
+    ly = y + 4 * scale + 2
+    d.text((x0, ly), "0", fill=text, font=f)
+    d.text((x0 + ramp_w - text_width(d, "1", f), ly), "1", fill=text, font=f)
+    band = f"tau {tau:g}" + (f", reuse band to {tau + delta:g}" if delta > 0 else "")
+    bx = min(max(px(tau) - text_width(d, band, f) / 2, x0 + text_width(d, "0  ", f)),
+             x0 + ramp_w - text_width(d, band + "  1", f))
+    d.text((bx, ly), band, fill=red, font=f)
+    keys = [("skipped: dark", (60, 60, 60)), ("reused: white dot", white), ("ran: orange bar = MLP width",
+                                                                            tuple(int(c) for c in _hex(PALETTE["width"])))]
+    kx, ky = 2 * scale, ly + fs + 2 * scale  # the marks' key runs from the left edge
+    for words, color in keys:
+        d.rectangle([kx, ky + 2, kx + 3 * scale, ky + 2 + 3 * scale], fill=color)
+        d.text((kx + 4 * scale + 2, ky), words, fill=text, font=f)
+        kx += 4 * scale + 2 + text_width(d, words, f) + 6 * scale
+
+
+def _image(arr: np.ndarray):
+    """uint8 [H, W, 3] -> a Pillow image."""
+    from PIL import Image
+    return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), "RGB")

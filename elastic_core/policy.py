@@ -7,19 +7,25 @@ line (tested against this file with the same numbers). A new cache policy is one
 The cache window has ONE meaning everywhere: `ElasticConfig.cache_start` / `cache_end` are percents of
 the noise schedule (0 = pure noise, 1 = clean), as ComfyUI's own caches count them. A host turns them
 into one boolean per step with its own schedule (`window`), and passes that boolean to the policy.
+
+Under a cache budget (`ElasticConfig.cache_budget`) the policy also chooses which blocks' residuals
+the bank keeps (`distance`, `admit`): first those whose last gate probability lies in or near the reuse
+band, as those are the likeliest to be read again. A block whose residual was not kept runs where it
+would have reused (`decide_held`: the action NOCACHE, exact compute).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from .config import ElasticConfig
-from .stats import REUSE, RUN, SKIP
+from .stats import NOCACHE, REUSE, RUN, SKIP
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: int  # SKIP / REUSE / RUN
+    action: int  # SKIP / REUSE / RUN / NOCACHE (runs: the reuse it would have made had no residual)
     width: float  # width ratio the block runs at (for skip / reuse: what the router chose)
 
 
@@ -44,6 +50,42 @@ class Policy:
     def caching(self, in_window: bool) -> bool:
         """Whether a step may store and reuse residuals."""
         return self.config.cache and in_window
+
+    def decide_held(self, step: int, block: int, p: float, width: float, caching: bool, reuses: int | None,
+                    lost: int | None) -> Decision:
+        """`decide`, where lost is the reuse count of a residual the cache budget did not keep (None: none
+        lost). A run that happens only because of that loss is a NOCACHE: it runs, and is counted apart."""
+        d = self.decide(step, block, p, width, caching, reuses)
+        if d.action == RUN and reuses is None and lost is not None and \
+                self.decide(step, block, p, width, caching, lost).action == REUSE:
+            return Decision(NOCACHE, d.width)
+        return d
+
+    # -- the cache budget: which residuals to keep ---------------------------------------------------
+    def distance(self, p: float, uses: int) -> float:
+        """How unlikely a block's residual is to be read: 0 when its last gate probability p lies in the
+        reuse band, else how far p is from it; inf once it was reused K times (it must run again)."""
+        c = self.config
+        if uses >= c.max_reuse:
+            return math.inf
+        return max(c.tau - p, p - (c.tau + c.delta), 0.0)
+
+    def admit(self, distance: float, nbytes: int, held: Sequence[tuple[Hashable, float, int]],
+              room: int) -> list[Hashable] | None:
+        """Keep new residuals (`distance`, `nbytes`) with `room` bytes left under the budget? held:
+        (key, distance, bytes) of the units held (the bank's: blocks). -> the keys to drop to make room,
+        farthest from the band first and only those farther than the new one; None: drop the new one."""
+        if nbytes <= room:
+            return []
+        out, need = [], nbytes - room
+        for key, d, n in sorted(held, key=lambda h: -h[1]):  # stable: among equals, the older goes first
+            if d <= distance:
+                break
+            out.append(key)
+            need -= n
+            if need <= 0:
+                return out
+        return None
 
 
 Plan = Callable[[int, int], "tuple[int, float] | None"]  # (step, block) -> (action, width) or None

@@ -21,7 +21,7 @@ from .blocks import BlockSpec
 from .cache import ResidualBank
 from .policy import Decision, Policy
 from .router import RouterSet
-from .stats import REUSE, RUN, SKIP, RunRecord
+from .stats import RAN, REUSE, RUN, SKIP, RunRecord
 
 Streams = dict[str, Tensor]  # stream name -> [B, L, D]
 # run(inputs of the rows, row indices or None for all rows, width ratio) -> outputs of those rows
@@ -38,8 +38,9 @@ class ElasticRun:
             raise ValueError(f"{len(specs)} blocks but {len(routers)} routers")
         self.routers, self.specs, self.policy = routers, list(specs), policy
         self.num_steps = num_steps
-        self.bank = ResidualBank(policy.config.cache_device)
+        self.bank = ResidualBank(policy.config.cache_device, policy.config.cache_budget, policy)
         self.step, self.caching = 0, False
+        self._fresh: list = []  # the block call under way: (row key, residual) of its rows that ran
         self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
                                 widths=list(routers.config.widths), config=policy.config.to_dict(),
                                 num_steps=num_steps, meta=dict(meta or {}))
@@ -80,6 +81,7 @@ class ElasticRun:
 
     def finish(self) -> RunRecord:
         self.record.cache_bytes_peak = self.bank.peak_bytes
+        self.record.cache_bytes_stored, self.record.cache_bytes_read = self.bank.stored_bytes, self.bank.read_bytes
         self.record.wall_time_s = time.perf_counter() - self._t0
         self.bank.clear()
         return self.record
@@ -88,7 +90,20 @@ class ElasticRun:
     def _decide(self, i: int, p: float, width_idx: int, key: Hashable, shapes) -> Decision:
         entry = self.bank.get(i, key) if self.caching else None
         reuses = entry.uses if entry is not None and entry.fits(shapes) else None
-        return self.policy.decide(self.step, i, p, self.routers.config.widths[width_idx], self.caching, reuses)
+        lost = self.bank.lost.get((i, key)) if self.caching and entry is None else None
+        self.bank.last_p[(i, key)] = p  # what the budget keeps residuals by
+        return self.policy.decide_held(self.step, i, p, self.routers.config.widths[width_idx], self.caching,
+                                       reuses, lost)
+
+    def _prefetch(self, i: int, keys, like: Tensor) -> None:
+        """With a cache device: start fetching the next block's residuals that its rows' last gate
+        probabilities say will be reused, while this block's result is computed on."""
+        if self.bank.mover is None or not self.caching:
+            return
+        nxt = (i + 1) % len(self.specs)
+        want = [k for k in keys if (e := self.bank.get(nxt, k)) is not None
+                and self.policy.distance(self.bank.last_p.get((nxt, k), 0.0), e.uses) == 0.0]
+        self.bank.prefetch(nxt, want, like.device, like.dtype)
 
     # -- one block -------------------------------------------------------------------------------
     def block(self, i: int, inputs: Streams, cond: Tensor, run: RunFn,
@@ -114,18 +129,26 @@ class ElasticRun:
                 "or a damaged router file). Nothing was decided from it.")
         shapes = {k: v.shape[1:] for k, v in inputs.items()}
         decisions = [self._decide(i, p, w, k, shapes) for p, w, k in zip(ps, ws, keys)]
+        reuses = [0] * b  # each row's reuse count after this call
         for r, d in enumerate(decisions):
             if d.action == REUSE:
-                self.bank.get(i, keys[r]).uses += 1
+                entry = self.bank.get(i, keys[r])
+                entry.uses += 1
+                reuses[r] = entry.uses
+        self._fresh = []  # the rows that run store their residuals once all rows are done
         result = self._apply(i, inputs, decisions, keys, run, inplace)
-        self._account(i, inputs, decisions, keys, ps)
+        self.bank.put_block(i, self._fresh)  # after the reuses read theirs; kept or dropped as one block
+        self.bank.settle(i, keys)
+        self._prefetch(i, keys, next(iter(inputs.values())))
+        self._account(i, inputs, decisions, keys, ps, reuses)
         return result
 
     def _apply(self, i, inputs: Streams, decisions, keys, run: RunFn, inplace: bool) -> Streams:
         b = len(decisions)
         groups: dict[tuple[int, float], list[int]] = {}
-        for r, d in enumerate(decisions):
-            groups.setdefault((d.action, d.width if d.action == RUN else 0.0), []).append(r)
+        for r, d in enumerate(decisions):  # a NOCACHE row runs: it joins the runs at its width
+            act = RUN if d.action in RAN else d.action
+            groups.setdefault((act, d.width if act == RUN else 0.0), []).append(r)
         if len(groups) == 1:  # the common case: one decision for the whole batch, no row copies
             (action, width), = groups
             return self._act(i, inputs, None, list(range(b)), action, width, keys, run, inplace)
@@ -157,11 +180,10 @@ class ElasticRun:
             ref = {k: v.index_select(0, idx) for k, v in inputs.items()} if inplace and idx is not None else x
             with torch.no_grad():
                 delta = {k: (out[k] - ref[k]).detach() for k in x}
-            for j, r in enumerate(rows):
-                self.bank.put(i, keys[r], {k: v[j] for k, v in delta.items()})
+            self._fresh.extend((keys[r], {k: v[j] for k, v in delta.items()}) for j, r in enumerate(rows))
         return out
 
-    def _account(self, i: int, inputs: Streams, decisions, keys, ps) -> None:
+    def _account(self, i: int, inputs: Streams, decisions, keys, ps, reuses) -> None:
         spec, rec, f = self.specs[i], self.record, self.record.flops
         tokens = {k: v.shape[1] for k, v in inputs.items()}
         attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
@@ -175,11 +197,10 @@ class ElasticRun:
             f["dense_attn"] += attn
             f["dense_mlp"] += mlp_full
             f["router"] += router_flops
-            if d.action == RUN:
+            if d.action in RAN:
                 f["exec_attn"] += attn
                 f["exec_mlp"] += spec.mlp_flops(tokens, d.width)
-            reuse = self.bank.get(i, keys[r]).uses if d.action == REUSE else 0
-            rec.add(self.step, i, keys[r][0], keys[r][1], p, d.width, d.action, reuse)
+            rec.add(self.step, i, keys[r][0], keys[r][1], p, d.width, d.action, reuses[r])
 
 
 def run_stack(run_state: ElasticRun, blocks: Sequence[RunFn], inputs: Streams, cond: Tensor,

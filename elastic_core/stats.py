@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 SCHEMA = "elastic-dit/run-record"
 SCHEMA_VERSION = 1
-ACTIONS = ("skip", "reuse", "run")
-SKIP, REUSE, RUN = range(3)
+ACTIONS = ("skip", "reuse", "run", "nocache")
+# NOCACHE: the block ran where it would have reused, because the cache budget had not kept its residual
+SKIP, REUSE, RUN, NOCACHE = range(4)
+RAN = (RUN, NOCACHE)  # the actions that execute the block
 COLUMNS = ("step", "block", "stream", "sample", "p", "width", "action", "reuse")
 
 
@@ -45,6 +47,8 @@ class RunRecord:
     flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("dense_attn", "dense_mlp", "exec_attn", "exec_mlp", "router"), 0.0))
     cache_bytes_peak: int = 0
+    cache_bytes_stored: int = 0  # all residual bytes the cache took in, over the run
+    cache_bytes_read: int = 0  # all residual bytes reuses read back
     wall_time_s: float = 0.0
     meta: dict = field(default_factory=dict)
 
@@ -70,7 +74,7 @@ class RunRecord:
 
     def mean_width(self) -> float:
         """Mean width ratio over the block executions that ran (skips and reuses excluded)."""
-        w = [w for w, a in zip(self.events["width"], self.events["action"]) if a == RUN]
+        w = [w for w, a in zip(self.events["width"], self.events["action"]) if a in RAN]
         return sum(w) / len(w) if w else 0.0
 
     def executed_fraction(self) -> float:
@@ -85,18 +89,21 @@ class RunRecord:
         return {
             "events": len(self),
             "counts": c,
-            "skipped": c["skip"] / n, "reused": c["reuse"] / n, "ran": c["run"] / n,
+            "skipped": c["skip"] / n, "reused": c["reuse"] / n, "ran": (c["run"] + c["nocache"]) / n,
+            "no_cache": c["nocache"] / n,  # of all events: runs the cache budget caused (part of "ran")
             "mean_width": self.mean_width(),
             "flops": dict(self.flops),
             "executed_fraction": frac,
             "estimated_speedup": 1.0 / frac if frac > 0 else float("inf"),
             "cache_bytes_peak": self.cache_bytes_peak,
+            "cache_bytes_stored": self.cache_bytes_stored, "cache_bytes_read": self.cache_bytes_read,
             "wall_time_s": self.wall_time_s,
         }
 
     def summary(self) -> str:
         t = self.totals()
-        return (f"blocks skipped {t['skipped']:.1%} / reused {t['reused']:.1%} / run {t['ran']:.1%}, "
+        lost = f" ({t['no_cache']:.1%} for want of cache)" if t["no_cache"] else ""
+        return (f"blocks skipped {t['skipped']:.1%} / reused {t['reused']:.1%} / run {t['ran']:.1%}{lost}, "
                 f"mean width {t['mean_width']:.2f}, executed compute {t['executed_fraction']:.1%} of dense "
                 f"(est. {t['estimated_speedup']:.2f}x), cache peak {t['cache_bytes_peak'] / 2**20:.1f} MiB, "
                 f"wall {t['wall_time_s']:.2f} s")
@@ -136,7 +143,8 @@ class RunRecord:
                    router_costs={i: c for i, c in enumerate(d.get("router_costs", [])) if c is not None},
                    streams=list(d["streams"]),
                    events={c: list(d["events"][c]) for c in COLUMNS}, flops=dict(t.get("flops", {})),
-                   cache_bytes_peak=t.get("cache_bytes_peak", 0), wall_time_s=t.get("wall_time_s", 0.0),
+                   cache_bytes_peak=t.get("cache_bytes_peak", 0), cache_bytes_stored=t.get("cache_bytes_stored", 0),
+                   cache_bytes_read=t.get("cache_bytes_read", 0), wall_time_s=t.get("wall_time_s", 0.0),
                    meta=d.get("meta", {}))
 
     @classmethod

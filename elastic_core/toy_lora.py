@@ -29,6 +29,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
+from .argtypes import FRACTION, POSITIVE_FLOAT, POSITIVE_INT
 from .config import ElasticConfig
 from .lora import JointTrainer, LoraSet, attach, find_targets, merge
 from .toy import pipeline as P
@@ -202,17 +203,17 @@ def format_summary(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m elastic_core.toy_lora", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=Budget().steps, help="training steps of every method (the budget)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[4, 16])
+    p.add_argument("--steps", type=POSITIVE_INT, default=Budget().steps, help="training steps of every method (the budget)")
+    p.add_argument("--ranks", type=POSITIVE_INT, nargs="+", default=[4, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--targets", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    p.add_argument("--targets", type=FRACTION, nargs="+", default=[0.4, 0.5, 0.6])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--size", choices=list(SIZES), default="medium", help="the benchmark's scene sets (benchmark.SIZES)")
-    p.add_argument("--lora-lr", type=float, default=LORA_LR, help="the LoRA's Adam rate (default: the node's)")
+    p.add_argument("--lora-lr", type=POSITIVE_FLOAT, default=LORA_LR, help="the LoRA's Adam rate (default: the node's)")
     p.add_argument("--dit", default=P.DIT_FILE, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--artifacts", default=os.path.join("bench-results", "toy-artifacts"),
                    help="cache of trained models (shared with the toy benchmark)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=POSITIVE_INT, default=1)
     p.add_argument("--out", default=os.path.join("bench-results", "toy_lora.json"))
     p.add_argument("--merge", nargs="+", default=None, help="merge these result files (one per seed) into --out")
     a = p.parse_args(argv)

@@ -6,6 +6,8 @@ the paper's Table-1 settings in one choice.
 """
 from __future__ import annotations
 
+import math
+
 from ..elastic_core.checkpoint import RouterCheckpoint
 from ..elastic_core.config import PAPER_PRESETS, ElasticConfig
 from ..elastic_core.policy import Policy
@@ -37,6 +39,13 @@ def preset_table() -> dict:
             p = PAPER_PRESETS[key]
             out[name] = {"sets": {"tau": p.tau, "delta": p.delta, "max_reuse": p.max_reuse}}
     return out
+
+
+def budget_bytes(gb) -> int | None:
+    """cache_budget in GB (2^30 bytes) -> bytes for the engine; 0 -> None (no limit)."""
+    if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not math.isfinite(gb) or gb < 0:
+        raise ValueError(f"Apply Elastic DiT: cache_budget must be a number of GB >= 0 (0 = no limit), got {gb!r}")
+    return None if gb == 0 else int(gb * 2**30)
 
 
 def _f(default, lo, hi, step, tip, slider=True):
@@ -73,6 +82,15 @@ class ElasticDiTApply:
                                            "defaults, or the paper's Table-1 setting for a model."}),
                 "cache_device": (["auto", "cpu"], {"default": "auto", "tooltip": "Where cached residuals live: "
                                  "with the model (fast) or in CPU memory (saves VRAM)."}),
+                "cache_budget": _f(1.0, 0.0, 1024.0, 0.25, "GB the residual cache may hold (0 = no limit). Over it, "
+                                   "residuals of blocks whose gate is far from the reuse band are dropped, and such a "
+                                   "block runs instead of reusing (exact, a little slower). Qwen-Image at 1328x1328 "
+                                   "with CFG would hold ~4.9 GB without a limit.", False),
+                "authors_activation": ("BOOLEAN", {"default": True, "tooltip": "For router files that ask for it "
+                                       "(the authors' released Qwen-Image E-DiT, and files converted from it): run "
+                                       "the routed blocks' MLPs (image and text) with the authors' x*sigmoid(1.702x), "
+                                       "as their DiT computes. Off: ComfyUI's tanh-GELU (about 1 % apart in the final "
+                                       "latent). Other router files: no effect."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -84,22 +102,26 @@ class ElasticDiTApply:
     DESCRIPTION = "Skips, reuses and narrows DiT blocks per sample and step, as learned routers decide."
 
     def apply(self, model, router: RouterCheckpoint, tau, delta, max_reuse, skip_blocks, adapt_width, cache,
-              cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", unique_id=None):
+              cache_start_percent, cache_end_percent, preset="sliders", cache_device="auto", unique_id=None,
+              cache_budget=1.0, authors_activation=True):
         if not isinstance(router, RouterCheckpoint):
             raise TypeError(f"router must come from Load Elastic Router, got {type(router).__name__}")
         device = None if cache_device == "auto" else cache_device
+        budget = budget_bytes(cache_budget)  # checked first: a bad budget is refused whatever the preset
         chosen = PRESETS.get(preset)
         if chosen == "file":  # the file sets the thresholds and the window: the sliders it greys out are not read
             config = router.meta.elastic_config().with_(skip=skip_blocks, width=adapt_width, cache=cache,
-                                                         cache_device=device)
-            return (apply_elastic(model, router, Policy(config), node_id=unique_id),)
+                                                         cache_device=device, cache_budget=budget)
+            return (apply_elastic(model, router, Policy(config), node_id=unique_id,
+                                  authors_activation=bool(authors_activation)),)
         if cache_start_percent > cache_end_percent:
             raise ValueError(f"cache_start_percent ({cache_start_percent}) must not exceed "
                              f"cache_end_percent ({cache_end_percent})")
         config = ElasticConfig(tau=tau, delta=delta, max_reuse=max_reuse, skip=skip_blocks, width=adapt_width,
                                cache=cache, cache_start=cache_start_percent, cache_end=cache_end_percent,
-                               cache_device=device)
+                               cache_device=device, cache_budget=budget)
         if chosen is not None:
             p = PAPER_PRESETS[chosen]
             config = config.with_(tau=p.tau, delta=p.delta, max_reuse=p.max_reuse)
-        return (apply_elastic(model, router, Policy(config), node_id=unique_id),)
+        return (apply_elastic(model, router, Policy(config), node_id=unique_id,
+                              authors_activation=bool(authors_activation)),)

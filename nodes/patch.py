@@ -17,6 +17,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..elastic_core.checkpoint import RouterCheckpoint
+from ..elastic_core.elastic_mlp import MLP_ACTIVATIONS
 from ..elastic_core.policy import Policy
 from ..elastic_core.stats import RunRecord
 from .adapters import FamilyAdapter, adapter_for
@@ -24,6 +25,7 @@ from .run_state import RunState
 from .twins import WidthSlot
 
 HOLDER_KEY = "elastic_dit"  # model_options["transformer_options"][HOLDER_KEY]: the ElasticPatch
+ROUTERS_KEY = "elastic_dit_routers"  # additional_models key: the routers, as a model ComfyUI loads and frees
 RUN_KEY = "elastic_dit_run"  # transformer_options[RUN_KEY]: the RunState of the sampling run under way
 WRAPPER_KEY = "elastic_dit"
 COMPILE_KEY = "torch.compile"  # the wrapper key ComfyUI's TorchCompileModel uses
@@ -32,14 +34,17 @@ log = logging.getLogger("elastic_dit")
 
 class ElasticPatch:
     """What one Apply node put on a model: adapter, routers, policy. Shared by all clones (and so is
-    `last_record`: of two clones of one patched MODEL, the record is the last run's of either)."""
+    `last_record`: of two clones of one patched MODEL, the record is the last run's of either).
+    `mlp_activation`: the MLP activation the routed blocks run (an MLP_ACTIVATIONS name), None: the model's."""
 
     def __init__(self, adapter: FamilyAdapter, refs, ckpt: RouterCheckpoint, policy: Policy,
-                 node_id: str | None = None):
+                 node_id: str | None = None, mlp_activation: str | None = None):
         self.adapter, self.refs, self.ckpt, self.policy = adapter, refs, ckpt, policy
         self.routers = ckpt.routers
         self.specs = [r.spec for r in refs]
-        self.slots = [WidthSlot() for _ in refs]
+        self.mlp_activation = mlp_activation
+        act = None if mlp_activation is None else MLP_ACTIVATIONS[mlp_activation]
+        self.slots = [WidthSlot(act) for _ in refs]
         self.node_id = node_id
         self.last_record: RunRecord | None = None
 
@@ -114,34 +119,49 @@ def _outer_sample(executor, *args, **kwargs):
         log.info("Elastic DiT: %s", state.log_line(record))
 
 
-def apply_elastic(model, ckpt: RouterCheckpoint, policy: Policy, node_id: str | None = None):
-    """A clone of `model` (a ModelPatcher) running elastic blocks. `model` itself is not changed."""
+def apply_elastic(model, ckpt: RouterCheckpoint, policy: Policy, node_id: str | None = None,
+                  authors_activation: bool = True):
+    """A clone of `model` (a ModelPatcher) running elastic blocks. `model` itself is not changed.
+    authors_activation: run the routed blocks' MLPs with the activation the router file asks for (the
+    released routers: the authors' x * sigmoid(1.702 x)); False: the model's own."""
     dm = model.get_model_object("diffusion_model")
     adapter = adapter_for(dm)
     refs = adapter.blocks(dm)
     check_compatible(adapter, dm, refs, ckpt)
     if _compiled(model):
         raise compile_error()
+    act = ckpt.meta.mlp_activation if authors_activation else None
+    if act is not None and adapter.activation_patches(dm, refs[0], WidthSlot(), dm.get_submodule) is None:
+        raise ValueError(f"router file {ckpt.path} asks for the MLP activation {act!r}, which Elastic DiT can run "
+                         f"only in Qwen-Image models, not in this {adapter.family} model; turn authors_activation "
+                         "off to run the model's own")
     m = model.clone()
-    install(m, ElasticPatch(adapter, refs, ckpt, policy, node_id), width=policy.config.width)
+    install(m, ElasticPatch(adapter, refs, ckpt, policy, node_id, act), width=policy.config.width)
+    # The routers (3.45 GB for the release, bf16) are a model of their own to ComfyUI's memory management:
+    # loaded to the model's device with it, counted in its decisions, freed like any model when room is needed.
+    m.set_additional_models(ROUTERS_KEY, [comfy.model_patcher.ModelPatcher(
+        ckpt.routers, load_device=model.load_device, offload_device=model.offload_device)])
     m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample)
     return m
 
 
 def install(m, patch: ElasticPatch, width: bool) -> None:
-    """Put the block hooks (and, with `width`, the MLP twins) of `patch` on the clone `m`."""
+    """Put the block hooks (and, with `width` or another MLP activation, the MLP twins) of `patch` on the
+    clone `m`."""
     dm = m.get_model_object("diffusion_model")
     m.model_options["transformer_options"][HOLDER_KEY] = patch
     dit = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    get = lambda p: m.get_model_object(f"diffusion_model.{p}")  # noqa: E731
     for i, ref in enumerate(patch.refs):
         prev = dit.get((ref.hook, ref.index))
         prev = getattr(prev, "elastic_dit_prev", prev)
         m.set_model_patch_replace(_make_hook(patch, i, prev), "dit", ref.hook, ref.index)
-        if width:
-            for path, twin in patch.adapter.width_patches(dm, ref, patch.slots[i],
-                                                          lambda p: m.get_model_object(f"diffusion_model.{p}")).items():
-                m.add_object_patch(f"diffusion_model.{path}", twin)
+        twins = patch.adapter.width_patches(dm, ref, patch.slots[i], get) if width or patch.mlp_activation else {}
+        if patch.mlp_activation is not None:
+            twins.update(patch.adapter.activation_patches(dm, ref, patch.slots[i], get))
+        for path, twin in twins.items():
+            m.add_object_patch(f"diffusion_model.{path}", twin)
     patch.adapter.extra_hooks(m, patch)
 
 

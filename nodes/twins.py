@@ -27,13 +27,18 @@ from .weights import effective_weights, provider
 
 class WidthSlot:
     """What the current block call runs at: `width`, a ratio (None = full width, the original forward),
-    or, in router training, `mask`, a [B, M] straight-through mask over the hidden channels."""
+    or, in router training, `mask`, a [B, M] straight-through mask over the hidden channels.
 
-    __slots__ = ("width", "mask")
+    `act`, set once per patched model: the MLP activation the router file asks for (the released
+    routers' DiT ran x * sigmoid(1.702 x)); None = the module's own. With it, twins run their MLP through
+    the weight provider at every width, full width included, instead of the module's own forward."""
 
-    def __init__(self):
+    __slots__ = ("width", "mask", "act")
+
+    def __init__(self, act: Callable[[Tensor], Tensor] | None = None):
         self.width: float | None = None
         self.mask: Tensor | None = None
+        self.act = act
 
 
 class _Twin:
@@ -45,17 +50,20 @@ class _Twin:
 
 
 class _MLPTwin(_Twin):
-    """A whole MLP container (Sequential / FeedForward): fc_in -> act -> fc_out at width k, compact."""
+    """A whole MLP container (Sequential / FeedForward): fc_in -> act -> fc_out at width k, compact.
+    A twin that does not `_narrow` (an MLP the routers never cut) only swaps the activation."""
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if self._slot.mask is not None:  # training: full width, hidden channels masked
-            return masked_mlp(x, provider(self._fc_in), provider(self._fc_out), self._act, self._layout,
-                              self._slot.mask, fc_up=None if self._fc_up is None else provider(self._fc_up))
-        w = self._reduced()
-        if w is None:
+        act = self._slot.act or self._act
+        up = None if self._fc_up is None else provider(self._fc_up)
+        if self._narrow and self._slot.mask is not None:  # training: full width, hidden channels masked
+            return masked_mlp(x, provider(self._fc_in), provider(self._fc_out), act, self._layout,
+                              self._slot.mask, fc_up=up)
+        w = self._reduced() if self._narrow else None
+        if w is None and self._slot.act is None:
             return super().forward(x, *args, **kwargs)
-        return elastic_mlp(x, provider(self._fc_in), provider(self._fc_out), self._act, self._layout, w,
-                           fc_up=None if self._fc_up is None else provider(self._fc_up))
+        return elastic_mlp(x, provider(self._fc_in), provider(self._fc_out), act, self._layout,
+                           1.0 if w is None else w, fc_up=up)
 
 
 class _InTwin(_Twin):
@@ -93,8 +101,11 @@ def _make(orig: nn.Module, mixin: type, **attrs) -> nn.Module:
 
 
 def mlp_twin(orig: nn.Module, slot: WidthSlot, fc_in: nn.Module, fc_out: nn.Module,
-             act: Callable[[Tensor], Tensor], layout: MLPLayout, fc_up: nn.Module | None = None) -> nn.Module:
-    return _make(orig, _MLPTwin, slot=slot, fc_in=fc_in, fc_out=fc_out, act=act, layout=layout, fc_up=fc_up)
+             act: Callable[[Tensor], Tensor], layout: MLPLayout, fc_up: nn.Module | None = None,
+             narrow: bool = True) -> nn.Module:
+    """narrow=False: an MLP the routers never cut (Qwen-Image's text stream); it follows only `slot.act`."""
+    return _make(orig, _MLPTwin, slot=slot, fc_in=fc_in, fc_out=fc_out, act=act, layout=layout, fc_up=fc_up,
+                 narrow=narrow)
 
 
 def in_twin(orig: nn.Module, slot: WidthSlot, layout: MLPLayout) -> nn.Module:

@@ -10,7 +10,7 @@ import { markPreset, presetTable } from "./presets.js";
 const NODE_TYPE = "ElasticDiTApply";
 const KNOBS = ["tau", "delta", "max_reuse"];  // what the what-if replays
 const PRESET_KNOBS = [...KNOBS, "cache_start_percent", "cache_end_percent"];  // what a preset may override
-const ACTION_NAMES = ["skipped", "reused", "run"];
+const ACTION_NAMES = ["skipped", "reused", "run", "run (no cache: the budget kept no residual)"];  // by action code
 const HEIGHT = 272;  // the widget's least height; taller when a run has many blocks (minHeight below)
 const BAR_H = 22;  // the selector / summary line above the canvas
 

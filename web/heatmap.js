@@ -2,7 +2,7 @@
 // Python computes the payload (elastic_core/heatmap.py); this file only draws it, merges live step
 // columns into it, and replays Algorithm 1 at other knob values for the what-if preview.
 
-export const SKIP = 0, REUSE = 1, RUN = 2;
+export const SKIP = 0, REUSE = 1, RUN = 2, NOCACHE = 3;  // NOCACHE: ran, the cache budget had not kept the residual
 const LABEL_W = 92, TOP = 4, LEGEND_H = 54;
 const LEGEND_END_W = 12;  // the ramp's closing "1" label, 10px font, and a margin
 const MIN_ROW_PX = 4;  // a block row never gets thinner than this (57 Flux blocks, 60 Qwen-Image blocks)
@@ -64,9 +64,14 @@ function drawCell(ctx, lay, b, s, view, palette) {
     ctx.fillStyle = palette.reuse;
     const d = Math.max(1, Math.min(w, h) / 3);
     ctx.fillRect(x + w / 2 - d / 2, y + h / 2 - d / 2, d, d);
-  } else if (a === RUN) {
+  } else if (a === RUN || a === NOCACHE) {
     ctx.fillStyle = palette.width;
     ctx.fillRect(x, y + h - Math.max(1, h / 5), Math.max(1, w * (view.width[b][s] ?? 1)), Math.max(1, h / 5));
+  }
+  if (a === NOCACHE) {  // a ring where the reuse dot would have been
+    ctx.strokeStyle = palette.nocache ?? palette.tau;
+    const d = Math.max(2, Math.min(w, h) / 2);
+    ctx.strokeRect(x + w / 2 - d / 2, y + h / 2 - d / 2, d, d);
   }
   return true;
 }
@@ -108,6 +113,8 @@ function drawLegend(ctx, lay, opts, palette) {
   if (opts.estimate) {
     ctx.fillStyle = palette.tau;
     ctx.fillText("ESTIMATE (what-if from recorded p)", 2, y + 44);
+  } else if (opts.nocache) {  // only a run under a cache budget has these
+    ctx.fillText("ring: ran, the cache budget kept no residual", 2, y + 44);
   }
 }
 
@@ -119,12 +126,15 @@ export function drawHeatmap(ctx, grid, opts) {
   const lay = layout(opts.width, opts.height, blocks.length, nSteps);
   ctx.fillStyle = palette.grid;
   ctx.fillRect(0, 0, opts.width, opts.height);
-  let cells = 0;
+  let cells = 0, nocache = 0;
   for (let b = 0; b < blocks.length; b++) {
-    for (let s = 0; s < nSteps; s++) if (drawCell(ctx, lay, b, s, view, palette)) cells++;
+    for (let s = 0; s < nSteps; s++) {
+      if (drawCell(ctx, lay, b, s, view, palette)) cells++;
+      if (view.action[b][s] === NOCACHE) nocache++;
+    }
   }
   drawLabels(ctx, lay, blocks, palette);
-  drawLegend(ctx, lay, opts, palette);
+  drawLegend(ctx, lay, { ...opts, nocache }, palette);
   if (opts.estimate) {  // a dashed frame marks a what-if picture
     ctx.strokeStyle = palette.tau;
     ctx.setLineDash?.([4, 3]);
@@ -222,6 +232,9 @@ export function summaryText(s, estimate) {
   const speed = Number.isFinite(s.estimated_speedup) ? `${s.estimated_speedup.toFixed(2)}x` : "∞ (everything skipped)";
   t += ` · compute ${pct(s.executed_fraction)} · est. ${speed}`;
   if (s.wall_time_s !== undefined && !estimate) t += ` · measured ${s.wall_time_s.toFixed(1)} s`;
-  if (s.cache_bytes_peak !== undefined && !estimate) t += ` · cache ${(s.cache_bytes_peak / 2 ** 20).toFixed(1)} MiB`;
+  if (s.cache_bytes_peak !== undefined && !estimate) {
+    t += ` · cache peak ${(s.cache_bytes_peak / 2 ** 20).toFixed(1)} MiB`;
+    if (s.no_cache) t += ` (no cache ${pct(s.no_cache)})`;
+  }
   return (estimate ? "what-if estimate: " : "") + t;
 }

@@ -1,4 +1,4 @@
-"""The baselines of the toy benchmark in their published forms (see the README's benchmark section),
+"""The baselines of the toy benchmark in their published forms (see docs/benchmarks.md),
 as stack policies for `pipeline.sample_with`, each counting the compute it spends.
 
 Rows of a batch are [uncond B; cond B] under guidance (sample r owns rows r and B + r), so a cache
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..stats import RUN, RunRecord
+from ..stats import RAN, RUN, RunRecord
 from .model import ToyDiT
 
 
@@ -194,8 +194,8 @@ def action_rates(records: Sequence[RunRecord], steps: int, blocks: int, widths: 
     for r in records:
         ev = r.events
         for s, b, a, w in zip(ev["step"], ev["block"], ev["action"], ev["width"]):
-            acts[s, b, a] += 1
-            if a == RUN:
+            acts[s, b, RUN if a in RAN else a] += 1  # a budget's NOCACHE ran: a run here
+            if a in RAN:
                 wid[s, b, list(widths).index(w)] += 1
     wid[wid.sum(-1) == 0, -1] = 1  # never ran: full width
     return acts / acts.sum(-1, keepdims=True).clip(1), wid / wid.sum(-1, keepdims=True)

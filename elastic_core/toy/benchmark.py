@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .methods import Output, SceneSet
-from .metrics import psnr, ssim
+from .metrics import db, psnr, ssim
 from .model import ToyDiT
 from .variants import Budget
 from .world import fit
@@ -102,8 +102,8 @@ class Bench:
     def measure(self, method: str, run: Callable[[SceneSet], Output], **info) -> tuple[dict, list[Output]]:
         outs = [run(s) for s in self.sets]
         point = aggregate([set_metrics(o, r, s) for o, r, s in zip(outs, self.refs, self.sets)], method=method, **info)
-        self.log(f"  {method:<34} compute {point['compute']:6.1%}  PSNR {point['psnr']:5.2f} dB  SSIM "
-                 f"{point['ssim']:.3f}  true {point['true_psnr']:5.2f} dB  ({time.perf_counter() - self.t0:.0f} s)")
+        self.log(f"  {method:<34} compute {point['compute']:6.1%}  PSNR {db(point['psnr'])}  SSIM "
+                 f"{point['ssim']:.3f}  true {db(point['true_psnr'])}  ({time.perf_counter() - self.t0:.0f} s)")
         return point, outs
 
     def calib_compute(self, run: Callable[[SceneSet], Output]) -> float:

@@ -1,4 +1,4 @@
-"""CLI commands of the toy world: `demo` (the README's main job), `train` (routers), `toy-build`."""
+"""CLI commands of the toy world: `demo` (`make demo`), `train` (routers), `toy-build`."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +7,11 @@ import signal
 import sys
 import time
 
+from ..argtypes import COUNT, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT
 from ..results import write_json
 from ..train import TrainConfig
 
-E2E_OBJECTIVE = "anchored"  # the documented end-to-end mode (measured best, README)
+E2E_OBJECTIVE = "anchored"  # the documented end-to-end mode (measured best, docs/benchmarks.md)
 
 
 def _demo(args) -> int:
@@ -104,24 +105,24 @@ def _build(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("demo", help="dense vs E-DiT on the built-in toy model (CPU, under a minute)")
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
+    p = sub.add_parser("demo", help="dense vs E-DiT on the built-in toy model (CPU; about 30 s on an idle 2-core machine)")
+    p.add_argument("--samples", type=POSITIVE_INT, default=8)
+    p.add_argument("--steps", type=POSITIVE_INT, default=20)
     p.add_argument("--quick", action="store_true", help="3 samples, 6 steps (the test suite's form)")
     p.add_argument("--out", default="demo-output", help="folder for grid.png, heatmap.png, demo.json")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this tiny model on a "
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="torch threads (1 is fastest for this tiny model on a "
                    "busy CPU; 2 threads on 2 shared cores ran the demo about 8x slower)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("train", help="train routers (on the toy model; ComfyUI models: the Train Elastic Router node)")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--rho-g", type=float, default=0.5)
-    p.add_argument("--rho-w", type=float, default=0.6)
+    p.add_argument("--steps", type=POSITIVE_INT, default=400)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=3e-3)
+    p.add_argument("--rho-g", type=FRACTION, default=0.5)
+    p.add_argument("--rho-w", type=FRACTION, default=0.6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--bank", type=int, default=64, help="distil on the teacher's own guided sampling paths of this "
+    p.add_argument("--batch", type=POSITIVE_INT, default=16)
+    p.add_argument("--bank", type=COUNT, default=64, help="distil on the teacher's own guided sampling paths of this "
                    "many captions (0: on noised world images); not used by --objective data")
-    p.add_argument("--gate-noise", type=float, default=1.0, help="logistic noise on the gate logits in training "
+    p.add_argument("--gate-noise", type=NON_NEGATIVE_FLOAT, default=1.0, help="logistic noise on the gate logits in training "
                    "(0: the plain straight-through gate)")
     p.add_argument("--no-width", action="store_true", help="leave the width head out (every block at full width)")
     p.add_argument("--resume", default=None, help="a .state file saved by an earlier run")
@@ -130,8 +131,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--objective", choices=("anchored", "data"), default=E2E_OBJECTIVE,
                    help="with --end-to-end: distil from a frozen copy of the original DiT (anchored) or the "
                    "flow-matching loss on the toy world's images (data)")
-    p.add_argument("--backbone-lr", type=float, default=1e-4, help="with --end-to-end: the DiT's learning rate")
-    p.add_argument("--backbone-warmup", type=int, default=50, help="with --end-to-end: steps over which the DiT's "
+    p.add_argument("--backbone-lr", type=NON_NEGATIVE_FLOAT, default=1e-4, help="with --end-to-end: the DiT's learning rate")
+    p.add_argument("--backbone-warmup", type=COUNT, default=50, help="with --end-to-end: steps over which the DiT's "
                    "learning rate ramps up")
     p.add_argument("--dit", default=None, help="the toy DiT to start from (default: the shipped one)")
     p.add_argument("--teacher", default=None, help="with --objective anchored: the frozen DiT to distil from "
@@ -141,9 +142,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--workflow", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
-    p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 90 minutes on 1 core)")
-    p.add_argument("--dit-steps", type=int, default=4000)
-    p.add_argument("--router-steps", type=int, default=600)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 95 minutes on 1 core)")
+    p.add_argument("--dit-steps", type=POSITIVE_INT, default=4000)
+    p.add_argument("--router-steps", type=POSITIVE_INT, default=600)
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     p.set_defaults(func=_build)
 

@@ -20,7 +20,7 @@ import torch
 
 from ..config import ElasticConfig
 from ..heatmap import payload, picture
-from ..png import write_png
+from ..draw import save_png
 from .metrics import psnr
 from .pipeline import generate, load_dit, load_toy_routers
 from .world import WorldSpec, batch, fit
@@ -78,9 +78,11 @@ def run_demo(samples: int = 8, steps: int = 20, out_dir: str = "demo-output", se
     os.makedirs(out_dir, exist_ok=True)
     grid = np.concatenate([np.concatenate([_to_rgb(x) for x in row], axis=1)
                            for row in (dense_imgs, fast_imgs, true_imgs)], axis=0)
-    write_png(os.path.join(out_dir, "grid.png"), grid)
-    write_png(os.path.join(out_dir, "heatmap.png"), picture(payload(last)))
-    return {"rows": rows, "steps": steps, "config": config.to_dict(), "out_dir": out_dir, "wall": wall,
+    save_png(os.path.join(out_dir, "grid.png"), grid)
+    # `last` ran alone (sample index 0 of its own batch): the title names it as the table does
+    shown = {"sample": samples - 1, "label": f"sample {samples - 1} (complexity {cs[-1]:.2f})"}
+    save_png(os.path.join(out_dir, "heatmap.png"), picture(payload(last), label=shown["label"]))
+    return {"rows": rows, "heatmap": shown, "steps": steps, "config": config.to_dict(), "out_dir": out_dir, "wall": wall,
             "repeats": repeats, "guidance": model.cfg.guidance, "threads": torch.get_num_threads()}
 
 
@@ -107,5 +109,5 @@ def format_demo(r: dict) -> str:
                  f"E-DiT {w['elastic_s']:.2f} s (medians): {w['speedup']:.2f}x, runs {lo:.2f}x to {hi:.2f}x. "
                  "Indicative only: at this size per-operation overhead, not FLOPs, sets CPU time.")
     lines.append(f"wrote {os.path.join(r['out_dir'], 'grid.png')} (top dense, middle E-DiT, bottom the closest true "
-                 f"render) and {os.path.join(r['out_dir'], 'heatmap.png')} (the most complex sample)")
+                 f"render) and {os.path.join(r['out_dir'], 'heatmap.png')} (sample {len(r['rows']) - 1}, the most complex)")
     return "\n".join(lines)

@@ -14,6 +14,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
+def db(x: float, width: int = 5) -> str:
+    """A PSNR for people: "identical" where the images are (PSNR is infinite), "n/a" where nothing was
+    measured, else the number in dB."""
+    if x == float("inf"):
+        return "identical".rjust(width + 3)
+    if not math.isfinite(x):
+        return "n/a".rjust(width + 3)
+    return f"{x:{width}.2f} dB"
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> float:
     """Mean SSIM (Wang et al. 2004, Gaussian window) over a batch [B, C, H, W], per channel."""
     a, b = a.clamp(-1, 1).double(), b.clamp(-1, 1).double()

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import suite as S
 from .benchmark import MATCH, SIZES, Bench, at_compute, frontier
+from .metrics import db
 from .pipeline import DIT_FILE, load_dit, load_toy_routers
 from .training import OBJECTIVES
 from .variants import Artifacts
@@ -21,6 +22,8 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     progress = progress or (lambda r: None)
     t0 = time.perf_counter()
     sz = SIZES[size]
+    if size == "quick":
+        log(SMOKE)
     base = load_dit()
     b = Bench(sz, base, log)
     art = Artifacts(folder, DIT_FILE, log)
@@ -157,27 +160,42 @@ def judge(res: dict) -> list[dict]:
     return out + [{"combo": combo}]
 
 
+SMOKE = ("SMOKE RUN (--toy-size quick): 1 scene per test set, 2 training steps. It checks that every method "
+         "runs; its numbers mean nothing (a compute above 100 % is routers that ran while nothing was skipped). "
+         "For results: --toy-size medium.")
+
+
+def _range(lo: float, hi: float) -> str:
+    return f"({lo:5.2f}-{hi:5.2f})" if np.isfinite(lo) and np.isfinite(hi) else "(identical)".rjust(13)
+
+
+def _target_line(t: dict, smoke: bool) -> str:
+    if smoke or not np.isfinite(t["value"]):
+        why = "not judged (smoke run)" if smoke else "not measured (no curve reaches it)"
+        return f"  {why}: {t['target']}"
+    return f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:+.3f}"
+
+
 def format_report(res: dict) -> str:
-    r = res["reference"]
-    lines = [f"Toy benchmark ({res['size']}): quality against compute; reference = dense at {r['ref_steps']} steps, "
-             f"classifier-free guided; {len(r['psnr_ref_vs_hi'])} test sets",
-             f"dense {r['ref_steps']} vs {r['hi_steps']} steps: PSNR {np.mean(r['psnr_ref_vs_hi']):.1f} dB; "
-             f"against the true renders: {np.mean(r['true_psnr_ref']):.1f} dB ({r['ref_steps']} steps), "
-             f"{np.mean(r['true_psnr_hi']):.1f} dB ({r['hi_steps']} steps)", "",
-             f"at {MATCH:.0%} compute, each curve read between its two points around it (range over test sets):",
-             f"{'method':<36} {'PSNR dB':>16} {'SSIM':>6} {'true dB':>8}   nearest measured point"]
+    r, smoke = res["reference"], res["size"] == "quick"
+    lines = ([SMOKE, ""] if smoke else []) + [
+        f"Toy benchmark ({res['size']}): quality against compute; reference = dense at {r['ref_steps']} steps, "
+        f"classifier-free guided; {len(r['psnr_ref_vs_hi'])} test sets",
+        f"dense {r['ref_steps']} vs {r['hi_steps']} steps: PSNR {db(float(np.mean(r['psnr_ref_vs_hi'])))}; "
+        f"against the true renders: {db(float(np.mean(r['true_psnr_ref'])))} ({r['ref_steps']} steps), "
+        f"{db(float(np.mean(r['true_psnr_hi'])))} ({r['hi_steps']} steps)", "",
+        f"at {MATCH:.0%} compute, each curve read between its two points around it (range over test sets):",
+        f"{'method':<36} {'PSNR':>22} {'SSIM':>6} {'true':>11}   nearest measured point"]
     for name, x in sorted(((n, x) for n, x in res["matched"].items() if x), key=lambda kv: -kv[1]["psnr"]):
-        lo, hi = x["psnr_range"]
         near = x["nearest"]
-        lines.append(f"{name:<36} {x['psnr']:>6.2f} ({lo:5.2f}-{hi:5.2f}) {x['ssim']:>6.3f} {x['true_psnr']:>8.2f}   "
-                     f"{near['psnr']:.2f} dB at {near['compute']:.1%}")
-    lines += ["", "targets:"]
-    for t in res["targets"]:
-        if "target" in t:
-            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:+.3f}")
+        lines.append(f"{name:<36} {db(x['psnr'])} {_range(*x['psnr_range'])} {x['ssim']:>6.3f} {db(x['true_psnr'])}   "
+                     f"{db(near['psnr']).strip()} at {near['compute']:.1%}")
+    lines += ["", "targets:"] + [_target_line(t, smoke) for t in res["targets"] if "target" in t]
     s = res["shipped"]
-    lines.append(f"shipped routers at their defaults: compute {s['compute']:.1%}, PSNR {s['psnr']:.2f} dB, "
+    lines.append(f"shipped routers at their defaults: compute {s['compute']:.1%}, PSNR {db(s['psnr']).strip()}, "
                  f"p within 0.05 of tau {s['near_tau']:.1%}")
+    if smoke:
+        lines += ["", SMOKE]
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ..argtypes import POSITIVE_INT
 from ..results import write_json
 from . import methods as M
 from .metrics import psnr
@@ -87,7 +88,7 @@ def run_study(steps: int, recipes: list[str], dit: str = DIT_FILE, scenes: int =
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=Budget().steps, help="training steps (the benchmark's budget: its cache is shared)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=Budget().steps, help="training steps (the benchmark's budget: its cache is shared)")
     p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--dit", default=DIT_FILE)
     p.add_argument("--out", default="bench-results/toy-study.json")

@@ -51,6 +51,13 @@ class FamilyAdapter:
         `get(path)` returns the module now at that path (honouring patches already there)."""
         raise NotImplementedError
 
+    def activation_patches(self, dm: nn.Module, ref: BlockRef, slot: WidthSlot,
+                           get: Callable[[str], nn.Module]) -> dict[str, nn.Module] | None:
+        """Object patches for this block's MLPs that `width_patches` does not twin, so that `slot.act`
+        (the activation a router file asks for) reaches every MLP of the block. {}: width_patches
+        covers them all; None (the default): this family cannot run its MLPs with another activation."""
+        return None
+
     # -- one hook call ---------------------------------------------------------------------------
     def streams(self, ref: BlockRef, args: dict) -> Streams:
         """The block's input streams, each [B, L, D]."""

@@ -40,6 +40,14 @@ class QwenImageAdapter(FamilyAdapter):
         layout = MLPLayout(ref.spec.mlp_hidden)
         return {path: mlp_twin(ff, slot, ff.net[0].proj, ff.net[2], gelu_of(ff.net[0]), layout)}
 
+    def activation_patches(self, dm, ref: BlockRef, slot: WidthSlot, get) -> dict[str, nn.Module]:
+        """The text-stream MLP, never cut (as the released code): a twin that only swaps the activation."""
+        path = f"{ref.path}.txt_mlp"
+        ff = get(path)
+        ff = getattr(ff, "_orig", ff)
+        layout = MLPLayout(ref.spec.mlp_hidden)
+        return {path: mlp_twin(ff, slot, ff.net[0].proj, ff.net[2], gelu_of(ff.net[0]), layout, narrow=False)}
+
     def streams(self, ref: BlockRef, args: dict) -> dict[str, Tensor]:
         return {"img": args["img"], "txt": args["txt"]}
 

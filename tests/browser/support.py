@@ -138,9 +138,9 @@ class ComfyServer:
 
     def _example_input(self) -> None:
         """The image the image-to-3D workflow's Load Image names (input/example.png), as a user has it."""
-        from elastic_core.png import write_png
+        from elastic_core.draw import save_png
         os.makedirs(os.path.join(self.base, "input"), exist_ok=True)
-        write_png(os.path.join(self.base, "input", "example.png"), np.full((64, 64, 3), 200, dtype=np.uint8))
+        save_png(os.path.join(self.base, "input", "example.png"), np.full((64, 64, 3), 200, dtype=np.uint8))
 
     def _flags(self) -> list[str]:
         self._example_input()

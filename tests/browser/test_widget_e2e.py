@@ -34,7 +34,7 @@ from tests.browser.conftest import N_BLOCKS, STEPS  # noqa: E402
 
 WORKFLOWS = sorted(glob.glob(os.path.join(support.REPO_ROOT, "workflows", "*.json")))
 APPLY_WIDGETS = ["tau", "delta", "max_reuse", "skip_blocks", "adapt_width", "cache", "cache_start_percent",
-                 "cache_end_percent", "preset", "cache_device"]
+                 "cache_end_percent", "preset", "cache_device", "cache_budget", "authors_activation"]
 
 
 def _same(a, b) -> bool:
@@ -244,7 +244,7 @@ def test_saved_workflow_carries_no_heatmap(run, browser):
     s = browser.page.evaluate("id => window.__edt.serialized(id)", run["ids"]["apply"])
     vals = s["apply"]["widgets_values"]
     assert isinstance(vals, list) and len(vals) == len(APPLY_WIDGETS), f"Apply node saves {vals}"
-    assert vals[:3] == [0.5, 0.015, 10] and vals[8:] == ["sliders", "auto"], vals
+    assert vals[:3] == [0.5, 0.015, 10] and vals[8:] == ["sliders", "auto", 1.0, True], vals
     assert not any(isinstance(v, (dict, list)) for v in vals), vals
     named = s["apply"].get("widgets_values_named")  # frontend 1.4x and later also save the values by name
     if named is not None:

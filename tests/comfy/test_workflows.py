@@ -39,7 +39,7 @@ FILE_INPUTS = {
 RELEASED_PREFIX = "diffusion_models/"
 APPLY_REQUIRED = ["model", "router", "tau", "delta", "max_reuse", "skip_blocks", "adapt_width", "cache",
                   "cache_start_percent", "cache_end_percent"]
-APPLY_OPTIONAL = ["preset", "cache_device"]
+APPLY_OPTIONAL = ["preset", "cache_device", "cache_budget", "authors_activation"]
 NODE_TITLE_H, GROUP_TITLE_H = 30, 34  # LiteGraph draws a node's title bar above its pos
 
 
@@ -299,6 +299,14 @@ def test_widgets_values_match_input_types(wf, mappings):
             if typ in ("INT", "FLOAT"):
                 lo, hi = opts.get("min", value), opts.get("max", value)
                 assert lo <= value <= hi, f"{where}.{name}: {value} out of range [{lo}, {hi}]"
+
+
+def test_inputs_added_later_come_last(mappings):
+    """widgets_values bind by position: a workflow saved before an input existed lacks its value, so new
+    inputs come LAST; the older widgets keep their saved values and the new one takes its default."""
+    opt = mappings["ElasticDiTApply"].INPUT_TYPES()["optional"]
+    assert APPLY_OPTIONAL[:2] == ["preset", "cache_device"] and APPLY_OPTIONAL[-1] == "authors_activation"
+    assert opt["authors_activation"][1]["default"] is True and opt["authors_activation"][1]["tooltip"]
 
 
 def test_apply_widgets_in_order(wf, mappings):

@@ -68,7 +68,7 @@ def test_above_band_runs_and_below_tau_skips():
     img, txt, vec = inputs()
     for s in range(3):
         step(run, blocks, img, txt, vec, index=s)
-    assert run.finish().counts() == {"skip": 3, "reuse": 0, "run": 3}
+    assert run.finish().counts() == {"skip": 3, "reuse": 0, "run": 3, "nocache": 0}
 
 
 def test_streams_and_samples_never_share_a_residual():

@@ -110,28 +110,63 @@ def test_step_column_and_header():
     assert heatmap.live_header(rec)["num_steps"] == 4
 
 
+def _ink(img, box):
+    """Pixels in box (y0, y1, x0, x1) brighter than the background: text or marks (text is anti-aliased)."""
+    y0, y1, x0, x1 = box
+    return (img[y0:y1, x0:x1].astype(int).sum(-1) > 3 * 0x40).sum()
+
+
 def test_picture_has_names_axis_and_legend():
-    from elastic_core import font
     pl = heatmap.payload(_record())
-    img = heatmap.picture(pl, 0, scale=1)
+    img = heatmap.picture(pl, 0, scale=2)
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
-    text = np.array([int(heatmap.PALETTE["text"][i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
-    label_w = font.text_width("x" * 18) + 6
-    head = 2 * (font.H + 4) + 2
+    grid = heatmap.render(pl, 0, cell=(24, 16), legend=0)
+    # the grid sits below the two text lines, right of the labels: find it by its exact pixels
+    h, w = grid.shape[:2]
+    hits = [(y, x) for y, x in np.argwhere((img == grid[0, 0]).all(-1))
+            if y + h <= img.shape[0] and x + w <= img.shape[1] and (img[y:y + h, x:x + w] == grid).all()]
+    assert len(hits) == 1, "the grid is not pasted whole"
+    top, left = hits[0]
+    assert _ink(img, (0, top, 0, img.shape[1])) > 200, "no title / summary"
     for b in range(3):  # a block name in every row of the label column
-        rows = img[head + b * 8: head + b * 8 + font.H, :label_w]
-        assert (rows == text).all(-1).any(), f"no label for block {b}"
-    ink = (img == text).all(-1)
-    ramp_end = img.shape[1] - label_w  # the p ramp runs from label_w to here; "1" sits under its end
-    assert ink[-font.H - 2:, ramp_end - font.W:ramp_end].any(), "the legend's '1' is missing at the ramp's end"
-    assert not ink[:, -1].any() and not ink[-1].any(), "text touches the picture's edge (clipped)"
-    big = heatmap.picture(pl, 0)
-    assert big.shape[0] == 2 * img.shape[0] and big.shape[1] == 2 * img.shape[1]
+        assert _ink(img, (top + b * 16, top + (b + 1) * 16, 0, left)) > 20, f"no label for block {b}"
+    below = top + h
+    assert _ink(img, (below, below + 18, left, left + w)) > 20, "no step numbers"
+    legend = img[below + 18:]
+    red = np.array([int(heatmap.PALETTE["tau"][i:i + 2], 16) for i in (1, 3, 5)])
+    white = np.array([255, 255, 255])
+    assert (legend == red).all(-1).any(), "tau is not marked on the legend"
+    assert (legend == white).all(-1).sum() > 20, "the reuse band / reused key is missing"
+    assert _ink(img, (img.shape[0] - 1, img.shape[0], 0, img.shape[1])) == 0, "text touches the bottom edge"
 
 
-def test_font_draws_every_character_it_knows():
-    from elastic_core import font
-    img = np.zeros((font.H, font.text_width("AB"), 3), dtype=np.uint8)
-    font.draw_text(img, 0, 0, "ab", (255, 255, 255))
-    assert (img[:, :font.W] > 0).any() and (img[:, font.W + 1:] > 0).any()
-    assert all(g.shape == (font.H, font.W) for g in font.GLYPHS.values())
+def test_picture_legend_shows_the_reuse_band_width():
+    """The white bracket above the ramp spans [tau, tau + delta]: twice the delta, twice as long."""
+    def band(delta):
+        pl = heatmap.payload(_record(delta=delta))
+        img = heatmap.picture(pl, 0, scale=2)
+        rows = (img == 255).all(-1)[-70:]  # the legend area
+        return max(int(r.sum()) for r in rows)
+    assert band(0.2) > band(0.1) + 20
+
+
+def test_picture_names_what_it_shows():
+    pl = heatmap.payload(_record())
+    default = heatmap.picture(pl, 0)
+    named = heatmap.picture(pl, 0, label="sample 7 (complexity 1.00)")
+    assert default.shape == named.shape and (default[:30] != named[:30]).any(), "the label is not drawn"
+
+
+def test_step_labels_never_touch():
+    """Steps 10-19 once ran together ("10111213..."): at any count and cell width, the numbers printed
+    are at least one number's width plus a gap apart."""
+    from elastic_core.draw import font, text_width
+    from PIL import Image, ImageDraw
+    d, f = ImageDraw.Draw(Image.new("RGB", (1, 1))), font(13)
+    for n_s in (4, 20, 30, 50, 200):
+        for cw in (6, 12, 24):
+            wide = text_width(d, str(n_s - 1), f)
+            shown = heatmap._step_labels(n_s, cw, wide)
+            assert shown[0] == 0 and all(b - a == shown[1] - shown[0] for a, b in zip(shown, shown[1:]))
+            if len(shown) > 1:
+                assert (shown[1] - shown[0]) * cw >= wide + 6, (n_s, cw)

@@ -5,7 +5,7 @@ import pathlib
 CORE = pathlib.Path(__file__).resolve().parents[2] / "elastic_core"
 FORBIDDEN = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution",
              "comfy_execution", "latent_preview", "node_helpers"}
-ALLOWED = {"torch", "safetensors", "einops", "numpy", "PIL"}
+ALLOWED = {"torch", "safetensors", "einops", "numpy", "PIL", "matplotlib"}  # matplotlib: optional, for one plot
 
 
 def _imports(path):
@@ -25,7 +25,7 @@ def test_core_imports_no_comfyui():
     assert files, "no elastic_core sources found"
     bad = [f"{p.name}:{ln} imports {mod}" for p in files for ln, mod in _imports(p)
            if mod in FORBIDDEN or (mod not in ALLOWED and mod not in stdlib)]
-    assert not bad, "elastic_core may import only torch, safetensors, einops, numpy and the stdlib:\n" + "\n".join(bad)
+    assert not bad, "elastic_core may import only torch, safetensors, einops, numpy, Pillow, matplotlib and the stdlib:\n" + "\n".join(bad)
 
 
 def test_scanner_catches_a_comfy_import(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from devtools.convert_memory import block_shapes, write_pair
+from devtools.convert_memory import block_shapes, check, write_pair
 from elastic_core.checkpoint import import_released, load_routers
 from elastic_core.cli import main
 from elastic_core.lora_extract import StreamWriter, extract_lora, low_rank
@@ -152,19 +152,19 @@ def test_extract_skips_unchanged_tensors(tmp_path):
     assert rep["layers"] == 0 and rep["diffs"] == 0 and rep["unchanged"] == len(block_shapes(16))
 
 
-def test_memory_of_a_64_block_conversion_stays_under_twice_the_largest_tensor(tmp_path):
-    """In a fresh process, converting 64 Qwen-Image-layout blocks: the tensor data alive at once (the torch
-    allocator's exact peak) stays under 2x the largest tensor; the whole process (anonymous RSS) under
-    that plus the bookkeeping, which grows with the tensor count (headers: ~2 KB a tensor), not with size.
-    Reading whole tensors (released + base + their float32 difference: 6x for bf16) would fail the first."""
-    out = subprocess.run([sys.executable, "-m", "devtools.convert_memory", "--blocks", "64", "--dim", "128",
-                          "--rank", "16", "--dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+def test_memory_of_a_conversion_stays_under_twice_the_largest_tensor(tmp_path):
+    """In a fresh process, converting 2 Qwen-Image-layout blocks: the bounds of devtools.convert_memory.check
+    (tensor data alive at once under 2x the largest tensor; the process under that plus ~4 KiB a tensor).
+    2 blocks, not 64: the torch profiler that measures the exact peak keeps a record of every operation,
+    ~100 MB a block (64 blocks: 8 GB); `python -m devtools.convert_memory --blocks 64 --dim 128 --check` is
+    the full-size benchmark (docs/checkpoints.md)."""
+    out = subprocess.run([sys.executable, "-m", "devtools.convert_memory", "--blocks", "2", "--dim", "128",
+                          "--rank", "16", "--dir", str(tmp_path), "--check"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout[out.stdout.index("{"):])
-    assert r["blocks"] == 64 and r["report"]["layers"] == 64 * 14
-    assert r["torch_x_largest"] <= 2.0, r
-    assert r["rss_anon"] <= 2 * r["largest_tensor"] + 4096 * r["tensors"], r
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    r = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
+    assert r["blocks"] == 2 and r["report"]["layers"] == 2 * 14
+    assert not check(r) and "the memory bounds hold" in out.stdout
 
 
 def test_a_damaged_release_is_refused(tmp_path):

@@ -14,7 +14,7 @@ def test_open_full_width_no_cache_is_bit_identical():
     ri, rt = plain_stack(blocks, img, txt, vec)
     assert torch.equal(oi, ri) and torch.equal(ot, rt)
     rec = run.finish()
-    assert rec.counts() == {"skip": 0, "reuse": 0, "run": 12}
+    assert rec.counts() == {"skip": 0, "reuse": 0, "run": 12, "nocache": 0}
 
 
 def test_forced_skip_equals_removing_blocks():

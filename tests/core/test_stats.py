@@ -31,7 +31,7 @@ def test_one_event_per_step_block_stream_sample():
         (s, b, st, 0) for s in range(2) for b in range(3) for st in range(2)}
     assert rec.streams == ["uncond", "cond"]
     assert rec.steps == {0: 1.0, 1: 0.5}
-    assert rec.counts() == {"skip": 4, "reuse": 2, "run": 6}
+    assert rec.counts() == {"skip": 4, "reuse": 2, "run": 6, "nocache": 0}
     assert rec.mean_width() == pytest.approx((4 * 1.0 + 2 * 0.5) / 6)
 
 

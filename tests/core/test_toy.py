@@ -89,6 +89,9 @@ def test_demo_quick_form_runs_and_writes_its_files(tmp_path):
     assert w["dense_s"] > 0 and w["elastic_s"] > 0 and w["ratio_range"][0] <= w["speedup"] * 1.0001
     for name in ("grid.png", "heatmap.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the heatmap shows the last (most complex) sample and says so; it once said "sample 0" (its index in
+    # a batch of one) beside the table's sample 2
+    assert r["heatmap"]["sample"] == r["rows"][-1]["sample"] == 2 and r["heatmap"]["label"].startswith("sample 2 ")
 
 
 def test_metrics():
@@ -153,7 +156,7 @@ def test_end_to_end_training_stays_anchored_to_the_original_dit(tmp_path):
       difference of 10 % of the pixel range;
     - guided 20-step samples >= 13 dB. (Two samples of the same captions from other noise are about
       15 dB apart, so this floor says the tuned DiT has not walked off, not that it draws the very
-      same pictures: a long end-to-end run still drifts, README, "Training end to end".)"""
+      same pictures: a long end-to-end run still drifts, docs/benchmarks.md, "Training end to end".)"""
     from elastic_core.cli import main
     from elastic_core.toy import pipeline as P
     from elastic_core.toy.metrics import psnr

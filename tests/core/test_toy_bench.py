@@ -95,7 +95,21 @@ def test_quick_benchmark_measures_every_method(tmp_path):
     assert r["matched"]["dense, fewer steps"] is not None and len(r["targets"]) == 6
     assert 0.0 <= r["shipped"]["near_tau"] <= 1.0
     json.dumps(r)
-    assert "targets" in format_report(r)
+    text = format_report(r)
+    assert "targets" in text and text.startswith("SMOKE RUN") and text.rstrip().endswith("--toy-size medium.")
+    for word in ("inf", "nan", "MISSED"):  # the smoke run judges nothing, and a PSNR of identical images reads so
+        assert word not in text, (word, text)
+    assert "identical" in text or "not judged" in text
+
+
+def test_report_lines_for_people():
+    """An infinite PSNR (identical images) reads "identical", a target nothing measured "not measured"."""
+    from elastic_core.toy.metrics import db
+    from elastic_core.toy.report import _target_line
+    assert db(float("inf")).strip() == "identical" and db(float("nan")).strip() == "n/a" and db(18.6) == "18.60 dB"
+    assert "not measured" in _target_line({"target": "x", "value": float("nan"), "met": False}, smoke=False)
+    assert "MISSED x: -1.000" in _target_line({"target": "x", "value": -1.0, "met": False}, smoke=False)
+    assert "not judged" in _target_line({"target": "x", "value": -1.0, "met": False}, smoke=True)
 
 
 def test_every_knob_moves_compute_one_way_and_routers_are_counted():

@@ -4,11 +4,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { canvasHeightFor, cellAt, decide, drawHeatmap, emptyPayload, layout, mergeStep, ramp, REUSE, RUN, SKIP, summaryText, whatIf }
+import { canvasHeightFor, cellAt, decide, drawHeatmap, emptyPayload, layout, mergeStep, NOCACHE, ramp, REUSE, RUN, SKIP, summaryText,
+  whatIf }
   from "../../web/heatmap.js";
 
 const PALETTE = { ramp: ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"], skip: "#000000", skip_alpha: 0.6,
-  reuse: "#ffffff", width: "#ff7f0e", tau: "#ff2d55", empty: "#2b2b2b", grid: "#151515", text: "#dddddd" };
+  reuse: "#ffffff", width: "#ff7f0e", nocache: "#ff4fd8", tau: "#ff2d55", empty: "#2b2b2b", grid: "#151515", text: "#dddddd" };
 
 // A canvas context that records what is drawn.
 function recorder() {
@@ -49,6 +50,31 @@ test("reuse draws a dot, run draws a width bar as long as the width", () => {
   assert.equal(bars(1, 0).length, 1);
   const w = lay.cw - 1;
   assert.ok(Math.abs(bars(1, 0)[0].w - w * 0.25) < 1e-9 && Math.abs(bars(0, 1)[0].w - w * 0.5) < 1e-9);
+});
+
+test("a run for want of cache draws its width bar and a ring, and the legend says what the ring is", () => {
+  const view = { ...grid.view, action: [[SKIP, RUN, NOCACHE], [RUN, RUN, null]] };
+  const { ctx, ops } = recorder();
+  const strokes = [];
+  ctx.strokeRect = function (x, y, w, h) { strokes.push({ x, y, w, h, stroke: this.strokeStyle }); };
+  const { layout: lay } = drawHeatmap(ctx, { ...grid, view }, { width: 400, height: 200, tau: 0.5, delta: 0.015 });
+  const x0 = lay.x0 + 2 * lay.cw, y0 = lay.y0;
+  const inCell = (o) => o.x >= x0 && o.x < x0 + lay.cw && o.y >= y0 && o.y < y0 + lay.ch;
+  assert.ok(ops.some((o) => o.op === "rect" && o.fill === PALETTE.width && inCell(o)), "width bar: it ran");
+  assert.ok(!ops.some((o) => o.op === "rect" && o.fill === PALETTE.reuse && inCell(o)), "no reuse dot");
+  assert.equal(strokes.filter((o) => o.stroke === PALETTE.nocache && inCell(o)).length, 1, "one ring in the cell");
+  assert.ok(ops.some((o) => o.op === "text" && o.t.startsWith("ring: ran")));
+  const plain = recorder();
+  drawHeatmap(plain.ctx, grid, { width: 400, height: 200, tau: 0.5, delta: 0.015 });
+  assert.ok(!plain.ops.some((o) => o.op === "text" && o.t.startsWith("ring")), "no ring legend without such runs");
+});
+
+test("the summary line shows the cache peak and the share run for want of cache", () => {
+  const s = { skipped: 0.2, reused: 0.1, mean_width: 1, executed_fraction: 0.7, estimated_speedup: 1.4,
+              wall_time_s: 2, cache_bytes_peak: 3 * 2 ** 20, no_cache: 0.05 };
+  assert.match(summaryText(s, false), /cache peak 3\.0 MiB \(no cache 5%\)$/);
+  assert.match(summaryText({ ...s, no_cache: 0 }, false), /cache peak 3\.0 MiB$/);
+  assert.ok(!summaryText(s, true).includes("cache peak"), "a what-if says nothing of the cache it did not hold");
 });
 
 test("legend: the ramp, tau marked where it lies, the estimate flagged", () => {
