@@ -225,12 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the fine-tuned backbone as a LoRA on the base model)")
     p.add_argument("released", help="the authors' E-DiT checkpoint (full DiT .safetensors)")
     p.add_argument("out", help="router file to write (.safetensors)")
-    p.add_argument("--force", action="store_true", help="overwrite OUT (and the LoRA file) if they exist")
+    p.add_argument("--force", action="store_true", help="overwrite OUT, the LoRA file and the report if they exist "
+                   "(never an input)")
     p.add_argument("--base", default=None, help="the base model the release was fine-tuned from (Qwen-Image, "
                    "unquantized .safetensors): also write a LoRA holding the low-rank part of released - base")
     p.add_argument("--lora-rank", type=int, default=None, help="rank of that LoRA (default 64)")
     p.add_argument("--lora-out", default=None, help="the LoRA file (default: OUT's name with -lora)")
-    p.add_argument("--lora-dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--lora-dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="dtype of the LoRA's "
+                   "tensors (default bf16: half of fp32's size, ~3 significant digits; the error reported is the file's)")
     p.add_argument("--power-iters", type=COUNT, default=2, help="power iterations of the randomized SVD")
     p.add_argument("--report", default=None, help="write every layer's error to this JSON file")
     p.set_defaults(func=_convert)

@@ -100,7 +100,10 @@ def what_if(pl: dict, view: int, tau: float, delta: float, max_reuse: int) -> di
     widths, counts, spent, dense = pl["widths"], {a: 0 for a in ACTIONS}, 0.0, 0.0
     for b, row in enumerate(decisions):
         costs, router = pl["costs"][b], pl["router_costs"][b]
-        for d in row:
+        for s, d in enumerate(row):
+            if d is None and v["action"][b][s] == SKIP:  # p None, skipped: the step never reached the model
+                counts["skip"] += 1
+                dense += costs[-1]
             if d is None:
                 continue
             counts[ACTIONS[d.action]] += 1
@@ -108,7 +111,9 @@ def what_if(pl: dict, view: int, tau: float, delta: float, max_reuse: int) -> di
             spent += router + (costs[widths.index(d.width) if d.width in widths else -1] if d.action == RUN else 0.0)
     n = max(sum(counts.values()), 1)
     frac = spent / dense if dense else 1.0
-    return {"action": [[None if d is None else d.action for d in row] for row in decisions],
+    unreached = [[d is None and v["action"][b][s] == SKIP for s, d in enumerate(row)] for b, row in enumerate(decisions)]
+    return {"action": [[SKIP if u else None if d is None else d.action for d, u in zip(row, un)]
+                       for row, un in zip(decisions, unreached)],
             "skipped": counts["skip"] / n, "reused": counts["reuse"] / n,
             "executed_fraction": frac, "estimated_speedup": 1.0 / frac if frac else float("inf")}
 
@@ -138,11 +143,11 @@ def render(pl: dict, view: int = 0, cell: tuple[int, int] = (12, 8), legend: int
             y, x = b * ch, s * cw
             box = img[y + 1:y + ch, x + 1:x + cw]
             p = v["p"][b][s]
-            if p is None:
+            a = v["action"][b][s]
+            if p is None and a != SKIP:
                 box[:] = _hex(PALETTE["empty"])
                 continue
-            box[:] = ramp(p)
-            a = v["action"][b][s]
+            box[:] = _hex(PALETTE["empty"]) if p is None else ramp(p)  # p None + skip: never reached the model
             if a == SKIP:
                 box[:] = box * (1 - PALETTE["skip_alpha"]) + _hex(PALETTE["skip"]) * PALETTE["skip_alpha"]
             elif a == REUSE:

@@ -44,6 +44,8 @@ class ElasticRun:
         self.record = RunRecord(blocks=[{"name": s.name, "group": s.group or s.kind} for s in specs],
                                 widths=list(routers.config.widths), config=policy.config.to_dict(),
                                 num_steps=num_steps, meta=dict(meta or {}))
+        self._dense: dict[int, tuple[float, float]] = {}  # block -> one row's (attention, full MLP) FLOPs
+        self._keys: dict[RowKey, None] = {}  # the rows seen in this run, in order
         self._t0 = time.perf_counter()
 
     @property
@@ -58,6 +60,24 @@ class ElasticRun:
         self.record.steps[step] = sigma
         if self.caching:
             self.record.cache_steps.add(step)
+
+    def unreached(self, steps: dict[int, tuple[float | None, bool]]) -> None:
+        """Steps (-> sigma, in the cache window) whose rows never reached the model: a step cache in front
+        of the pack (ComfyUI's EasyCache / LazyCache) returned its own prediction. Each such row is
+        recorded as every block skipped (p None: no router ran), and its dense cost is counted with
+        nothing executed, so that record, heatmap and compute count the run's steps alike."""
+        seen = set(zip(self.record.events["step"], self.record.events["stream"], self.record.events["sample"]))
+        f = self.record.flops
+        for step, (sigma, in_window) in sorted(steps.items()):
+            rows = [k for k in self._keys if (step, self.record.stream_code(k[0]), k[1]) not in seen]
+            if not rows:
+                continue
+            self.begin_step(step, sigma, in_window)
+            for i, (attn, mlp) in sorted(self._dense.items()):
+                for stream, sample in rows:
+                    f["dense_attn"] += attn
+                    f["dense_mlp"] += mlp
+                    self.record.add(step, i, stream, sample, float("nan"), 1.0, SKIP, 0)
 
     def finish(self) -> RunRecord:
         self.record.cache_bytes_peak = self.bank.peak_bytes
@@ -167,6 +187,8 @@ class ElasticRun:
         spec, rec, f = self.specs[i], self.record, self.record.flops
         tokens = {k: v.shape[1] for k, v in inputs.items()}
         attn, mlp_full = spec.attn_flops(tokens), spec.mlp_flops(tokens, 1.0)
+        self._dense[i] = (attn, mlp_full)
+        self._keys.update(dict.fromkeys(keys))
         if i not in rec.costs:  # one sample's cost: run at each width, and one router call
             rec.costs[i] = [attn + spec.mlp_flops(tokens, w) for w in self.routers.config.widths]
             rec.router_costs[i] = self.routers[i].flops(sum(tokens.values()))

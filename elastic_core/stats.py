@@ -60,7 +60,8 @@ class RunRecord:
 
     def add(self, step: int, block: int, stream: str, sample: int, p: float, width: float, action: int, reuse: int):
         ev = self.events
-        for col, v in zip(COLUMNS, (step, block, self.stream_code(stream), sample, round(p, 6), width, action, reuse)):
+        p = round(p, 6) if math.isfinite(p) else None  # None: no router ran (the step never reached the model)
+        for col, v in zip(COLUMNS, (step, block, self.stream_code(stream), sample, p, width, action, reuse)):
             ev[col].append(v)
 
     # -- reading -----------------------------------------------------------------------------

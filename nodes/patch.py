@@ -107,11 +107,14 @@ def _outer_sample(executor, *args, **kwargs):
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
     state = RunState(patch, sigmas=args[3], model_sampling=guider.model_patcher.get_model_object("model_sampling"))
     guider.model_options["transformer_options"][RUN_KEY] = state
+    completed = False
     try:
-        return executor(*args, **kwargs)
+        out = executor(*args, **kwargs)
+        completed = True
+        return out
     finally:
         guider.model_options = orig_options
-        record = state.finish()
+        record = state.finish(completed)
         patch.last_record = record
         log.info("Elastic DiT: %s", state.log_line(record))
 

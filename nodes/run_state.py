@@ -83,11 +83,15 @@ class RunState:
         sigma = float(sig.reshape(-1)[0]) if sig is not None else self.sample_sigmas[0]
         tol = 1e-5 * max(abs(sigma), 1e-3)
         step = max([j for j, s in enumerate(self.sample_sigmas[:-1]) if s >= sigma - tol] or [0])
-        in_window = self.start_sigma + tol >= sigma > self.end_sigma
+        in_window = self._in_window(sigma)
         if self._live_step is not None and step != self._live_step:
             self.live.step_done(self.run.record, self._live_step)
         self._live_step = step
         self.run.begin_step(step, sigma, in_window)
+
+    def _in_window(self, sigma: float) -> bool:
+        tol = 1e-5 * max(abs(sigma), 1e-3)
+        return self.start_sigma + tol >= sigma > self.end_sigma
 
     def _routers_to(self, device: torch.device) -> None:
         routers = self.patch.routers
@@ -114,7 +118,12 @@ class RunState:
         return self.run.block(i, x, adapter.cond(ref, args), run_fn, router_tokens=adapter.router_tokens(ref, args),
                               row_keys=self.names.row_keys(to, batch), inplace=adapter.inplace)
 
-    def finish(self) -> RunRecord:
+    def finish(self, completed: bool = False) -> RunRecord:
+        """completed: the sampler went through every step. Steps it went through that never reached the
+        model (a step cache in front of the pack answered) are then recorded as every block skipped; a
+        cancelled or failed run records only what ran."""
+        if completed:
+            self.run.unreached({j: (s, self._in_window(s)) for j, s in enumerate(self.sample_sigmas[:self.num_steps])})
         if self._router_home is not None:  # routers leave the GPU with the run
             self.patch.routers.to(self._router_home)
         record = self.run.finish()

@@ -142,6 +142,11 @@ class HeatmapWidget {
     const { payload: pl, ui } = this, lay = this.drawn?.layout;
     const c = lay && cellAt(lay, e.offsetX, e.offsetY);
     const v = c && this.currentView();
+    if (c && v.p[c.block][c.step] === null && v.action[c.block][c.step] === 0) {  // SKIP with no router call
+      ui.tip.textContent = `${pl.blocks[c.block].name} · step ${c.step}: never reached the model (a step cache in front answered)`;
+      Object.assign(ui.tip.style, { display: "block", left: `${e.offsetX + 12}px`, top: `${e.offsetY + 20}px` });
+      return;
+    }
     if (!c || v.p[c.block][c.step] === null) { ui.tip.style.display = "none"; return; }
     const a = (this.estimate ? this.estimate.action : v.action)[c.block][c.step];
     const sigma = pl.steps[c.step].sigma;

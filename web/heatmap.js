@@ -46,14 +46,15 @@ function drawCell(ctx, lay, b, s, view, palette) {
   const x = lay.x0 + s * lay.cw, y = lay.y0 + b * lay.ch;
   const w = Math.max(lay.cw - 1, 1), h = Math.max(lay.ch - 1, 1);
   const p = view.p[b][s];
-  if (p === null || p === undefined) {
+  const a = view.action[b][s];
+  const unreached = (p === null || p === undefined) && a === SKIP;  // the step never reached the model
+  if ((p === null || p === undefined) && !unreached) {
     ctx.fillStyle = palette.empty;
     ctx.fillRect(x, y, w, h);
     return false;
   }
-  ctx.fillStyle = ramp(p, palette);
+  ctx.fillStyle = unreached ? palette.empty : ramp(p, palette);
   ctx.fillRect(x, y, w, h);
-  const a = view.action[b][s];
   if (a === SKIP) {
     ctx.globalAlpha = palette.skip_alpha;
     ctx.fillStyle = palette.skip;
@@ -167,6 +168,12 @@ export function whatIf(payload, viewIndex, tau, delta, maxReuse) {
     const costs = payload.costs[b], router = payload.router_costs?.[b] ?? 0;
     for (let s = 0; s < payload.steps.length; s++) {
       const p = view.p[b][s];
+      if ((p === null || p === undefined) && view.action[b][s] === SKIP) {  // never reached the model
+        action[b][s] = SKIP;
+        counts[SKIP]++; n++;
+        dense += costs[costs.length - 1];
+        continue;
+      }
       if (p === null || p === undefined) continue;
       const caching = (cfg.cache ?? true) && payload.steps[s].cache;
       const d = decide(cfg, p, view.width[b][s], caching, reuses);

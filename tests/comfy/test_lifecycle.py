@@ -548,6 +548,21 @@ def test_apply_twice_does_not_stack(env):
     assert torch.equal(out_twice, out_once) and rec.events == rec_once.events
 
 
+def test_a_second_apply_replaces_the_first(env):
+    """Pinned for the README's design choices: Apply on an already-patched MODEL replaces the first Apply
+    (its routers and settings); it does not stack on it."""
+    nodes, pack, tiny, el = env
+    model = tiny.build("flux")
+    first = el.apply(nodes, model, el.make_routers(pack, model, seed=1), tau=1.0, cache=False)  # skips every block
+    ckpt = el.make_routers(pack, model, seed=2)
+    second = el.apply(nodes, first, ckpt, tau=0.0, cache=False)  # runs every block
+    out = tiny.sample(second, "flux", steps=3)
+    rec = el.last_record(second)
+    assert rec.config["tau"] == 0.0 and rec.counts()["skip"] == 0
+    assert torch.equal(out, tiny.sample(el.apply(nodes, model, ckpt, tau=0.0, cache=False), "flux", steps=3))
+    assert not torch.equal(out, tiny.sample(first, "flux", steps=3))
+
+
 # -- 12. the cache is used, capped at K, and can live on the CPU ------------------------------------
 
 @pytest.mark.parametrize("kind", ["flux", "qwen"])

@@ -10,17 +10,46 @@ from elastic_core.stats import REUSE, RUN, SKIP
 from tests.core.helpers import begin, force, inputs, make_stack, start
 
 
-def _record(steps=4, tau=0.5, delta=0.015, k=2):
+def _record(steps=4, tau=0.5, delta=0.015, k=2, unreached=()):
+    """unreached: steps a step cache in front of the model answered (no block call)."""
     blocks, routers = make_stack(3)
     force(routers[0], p=0.2)
     force(routers[1], p=0.505, width_idx=1)
     run = start(blocks, routers, num_steps=steps, cache_start=0.25, tau=tau, delta=delta, max_reuse=k)
     img, txt, vec = inputs(b=2)
+    if unreached:
+        run.unreached({s: (1 - s / steps, s / steps >= 0.25) for s in unreached})  # no effect before any call
     for s in range(steps):
+        if s in unreached:
+            continue
         begin(run, s, sigma=1 - s / steps)
         run_stack(run, [double_run_fn(b, vec) for b in blocks], {"img": img, "txt": txt}, vec,
                   row_keys=[("uncond", 0), ("cond", 0)])
+    if unreached:
+        run.unreached({s: (1 - s / steps, s / steps >= 0.25) for s in range(steps)})
     return run.finish()
+
+
+def test_steps_that_never_reached_the_model_count_as_skipped_in_record_heatmap_and_compute():
+    """A step cache in front (EasyCache) answered step 2: its rows are every block skipped, p None, the
+    dense cost counted with nothing executed; the heatmap and its what-if count it the same way."""
+    full, cut = _record(), _record(unreached=(2,))
+    assert sorted(set(cut.events["step"])) == [0, 1, 2, 3] and len(cut) == len(full)
+    at2 = [j for j in range(len(cut)) if cut.events["step"][j] == 2]
+    assert len(at2) == 3 * 2 and all(cut.events["action"][j] == SKIP and cut.events["p"][j] is None for j in at2)
+    assert cut.flops["dense_attn"] == full.flops["dense_attn"] and cut.flops["dense_mlp"] == full.flops["dense_mlp"]
+    assert cut.flops["exec_mlp"] < full.flops["exec_mlp"] and cut.flops["router"] == full.flops["router"] * 3 / 4
+    assert cut.counts()["skip"] == full.counts()["skip"] + sum(full.events["action"][j] != SKIP
+                                                               for j in range(len(full)) if full.events["step"][j] == 2)
+    pl = heatmap.payload(cut)
+    json.dumps(pl)
+    for view in range(len(pl["views"])):
+        w = heatmap.what_if(pl, view, 0.5, 0.015, 2)
+        assert all(row[2] == SKIP for row in w["action"])
+    t = pl["summary"]
+    both = [heatmap.what_if(pl, v, 0.5, 0.015, 2) for v in range(2)]
+    assert sum(w["skipped"] for w in both) / 2 == t["skipped"]
+    assert heatmap.render(pl).shape[0] > 0
 
 
 def test_payload_grids_match_events():

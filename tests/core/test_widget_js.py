@@ -19,7 +19,7 @@ def test_node_tests_pass_against_python_numbers(tmp_path):
     node = shutil.which("node")
     if node is None:
         pytest.skip("node (Node.js) is not installed: the widget's JS tests need it")
-    pl = heatmap.payload(_record())
+    pl = heatmap.payload(_record(unreached=(2,)))  # with a step a step cache answered: the widget counts it alike
     cases = []
     for view in range(len(pl["views"])):
         for tau, delta, k in [(0.5, 0.015, 2), (0.1, 0.015, 2), (0.5, 0.0, 2), (0.5, 0.1, 1), (0.6, 0.2, 5)]:
