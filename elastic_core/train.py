@@ -126,6 +126,20 @@ def distill_loss(elastic_pred: Tensor, dense_pred: Tensor) -> Tensor:
     return F.mse_loss(elastic_pred, dense_pred.detach())
 
 
+def check_resume_layout(path: str, meta: dict, keys: list[str], routers: RouterSet) -> None:
+    """A training state holds routers of the layout this run trains, or a ValueError before any step.
+    keys: the state's router keys (RouterSet state_dict names). Files from before the compact layout
+    carry no `router_layout`: their keys tell (released routers have `img_mod`)."""
+    saved = meta.get("router_layout") or ("released" if any(".img_mod." in k for k in keys) else "compact")
+    want = routers.config.layout
+    if saved != want:
+        raise ValueError(f"resume: {path} holds {saved}-layout routers but this run trains {want}-layout ones; "
+                         f"resume with the router layout {saved!r}, or train a new file")
+    if set(keys) != set(routers.state_dict()):
+        raise ValueError(f"resume: {path} holds routers of another shape (blocks or modulation rank) than this "
+                         "run trains; resume with the settings it was trained with, or train a new file")
+
+
 class RouterTrainer:
     """Adam on the routers (and the backbone when end_to_end); save / resume; progress; cancel."""
 
@@ -184,7 +198,7 @@ class RouterTrainer:
                    if isinstance(v, Tensor)}
         tensors.update({f"routers.{k}": v.contiguous() for k, v in self.routers.state_dict().items()})
         meta = {"step": str(self.step), "param_groups": json.dumps(sd["param_groups"]),
-                "config": json.dumps(asdict(self.cfg))}
+                "config": json.dumps(asdict(self.cfg)), "router_layout": self.routers.config.layout}
         return tensors, meta
 
     def save(self, path: str) -> None:
@@ -194,7 +208,9 @@ class RouterTrainer:
     def resume(self, path: str) -> None:
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
-            meta = f.metadata()
+            meta = f.metadata() or {}
+            keys = [k[8:] for k in f.keys() if k.startswith("routers.")]
+        check_resume_layout(path, meta, keys, self.routers)
         tensors = load_file(path)
         self.routers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("routers.")})
         state: dict[int, dict] = {}

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 
+from ..config import LAYOUTS
 from ..results import write_json
 from ..train import TrainConfig
 
@@ -67,7 +68,8 @@ def _train(args) -> int:
     try:
         routers, trainer = train_routers(model, cfg, seed=args.seed, resume=args.resume, progress=_progress(25),
                                          should_stop=lambda: stop["asked"], objective=objective, teacher=teacher,
-                                         batch_size=args.batch, bank_size=0 if objective == "data" else args.bank)
+                                         batch_size=args.batch, bank_size=0 if objective == "data" else args.bank,
+                                         layout=args.router_layout)
     finally:
         signal.signal(signal.SIGINT, previous)
     if stop["asked"]:
@@ -137,6 +139,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--teacher", default=None, help="with --objective anchored: the frozen DiT to distil from "
                    "(default: the shipped one, also when --dit resumes a tuned copy)")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in the backward pass")
+    p.add_argument("--router-layout", choices=LAYOUTS, default="compact", help="compact: a low-rank modulation "
+                   "per router (router file format 2); released: the authors' layout (format 1)")
     p.add_argument("--comfyui", default=None, help="(ComfyUI models: see elastic_dit_comfy.py; this says how)")
     p.add_argument("--workflow", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="toy_routers.safetensors")

@@ -60,9 +60,10 @@ def train_dit(steps: int = 2000, batch_size: int = 32, lr: float = 2e-3, seed: i
     return avg.eval()
 
 
-def new_routers(model: ToyDiT, seed: int = 0) -> RouterSet:
+def new_routers(model: ToyDiT, seed: int = 0, layout: str = "released") -> RouterSet:
     # a small router hidden size: the toy blocks are narrow, and the router must stay cheap beside them
-    return RouterSet(RouterConfig(model.cfg.dim, hidden=16), [s.name for s in model.specs()]).init_full_capacity(
+    config = RouterConfig.of_layout(model.cfg.dim, layout, hidden=16)
+    return RouterSet(config, [s.name for s in model.specs()]).init_full_capacity(
         generator=torch.Generator().manual_seed(seed))
 
 
@@ -187,11 +188,13 @@ def frozen_copy(model: ToyDiT) -> ToyDiT:
 def train_routers(model: ToyDiT, cfg: TrainConfig = TrainConfig(), seed: int = 0, routers: RouterSet | None = None,
                   resume: str | None = None, progress=None, should_stop=None, objective: str | None = None,
                   teacher: ToyDiT | None = None, batch_size: int = 16,
-                  bank_size: int = 0, dense_anchor: bool = True) -> tuple[RouterSet, RouterTrainer]:
+                  bank_size: int = 0, dense_anchor: bool = True,
+                  layout: str = "released") -> tuple[RouterSet, RouterTrainer]:
     """Train routers (and, end to end, `model` in place). objective: None picks "distill" for routers
     only and "anchored" end to end; `teacher` (anchored) defaults to a frozen copy of `model` as given.
     bank_size > 0 (distill / anchored): distil on that many captions' teacher trajectories, guided.
-    dense_anchor (anchored): pull the student's dense prediction to the frozen original as well."""
+    dense_anchor (anchored): pull the student's dense prediction to the frozen original as well.
+    layout: of new routers, "released" (the shipped toy routers' layout) or "compact"."""
     objective = objective or ("anchored" if cfg.end_to_end else "distill")
     if (objective == "distill") == cfg.end_to_end:
         raise ValueError(f"objective {objective!r} does not match end_to_end={cfg.end_to_end}")
@@ -201,7 +204,7 @@ def train_routers(model: ToyDiT, cfg: TrainConfig = TrainConfig(), seed: int = 0
     elif objective == "anchored" and teacher is None:
         teacher = frozen_copy(model)
     model.requires_grad_(cfg.end_to_end)
-    routers = routers or new_routers(model, seed)
+    routers = routers or new_routers(model, seed, layout)
     trainer = RouterTrainer(routers, cfg, backbone=model)
     if resume:
         trainer.resume(resume)
