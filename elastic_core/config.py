@@ -59,12 +59,15 @@ class RouterConfig:
         """"released" (the authors' RouteGate) or "compact" (a low-rank modulation)."""
         return "released" if self.mod_rank is None else "compact"
 
-    @classmethod
-    def of_layout(cls, dim: int, layout: str, **kw) -> "RouterConfig":
-        """The router config of `layout` ("compact": rank COMPACT_RANK, "released") for blocks of width `dim`."""
+    def with_layout(self, layout: str) -> "RouterConfig":
+        """This router shape in `layout`: "compact" (rank COMPACT_RANK) or "released"."""
         if layout not in LAYOUTS:
             raise ValueError(f"router layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        return cls(dim=dim, mod_rank=COMPACT_RANK if layout == "compact" else None, **kw)
+        return replace(self, mod_rank=COMPACT_RANK if layout == "compact" else None)
+
+    @classmethod
+    def of_layout(cls, dim: int, layout: str, **kw) -> "RouterConfig":
+        return cls(dim=dim, **kw).with_layout(layout)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -240,8 +240,7 @@ class TrainJob:
     def new_routers(self) -> tuple[RouterSet, RouterMeta]:
         dm = self.model.get_model_object("diffusion_model")
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these tensors will train
-            config = replace(self.adapter.router_config(dm), mod_rank=COMPACT_RANK if self.layout == "compact" else None)
-            routers = RouterSet(config, [r.spec.name for r in self.refs]).init_full_capacity(
+            routers = RouterSet(self.adapter.router_config(dm).with_layout(self.layout), [r.spec.name for r in self.refs]).init_full_capacity(
                 generator=torch.Generator().manual_seed(self.seed))
         defaults = {k: v for k, v in ElasticConfig(tau=self.config.tau).to_dict().items()
                     if k in ("tau", "delta", "max_reuse", "cache_start", "cache_end")}
