@@ -91,6 +91,16 @@ def width_mask(out: RouterOutput, widths: Sequence[float], hidden: int) -> tuple
     return hard + soft - soft.detach(), r
 
 
+def route(router, tokens, cond: Tensor, recompute: bool = False) -> RouterOutput:
+    """One router call in training. recompute: nothing of the router's own is kept for the backward
+    pass (its fp32 normalised tokens [B, L, D], twice, and its hidden activations [B, L, H]); it runs
+    again there, one router at a time. Its inputs, the block's input streams, are what block
+    checkpointing keeps anyway, so with both on a block's whole saved state is its input."""
+    if not recompute:
+        return router(tokens, cond)
+    return checkpoint(router, tokens, cond, use_reentrant=False)
+
+
 def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: Sequence[int], x: Streams,
                     cond: Tensor, tau: float, router_tokens: Callable[[Streams], list[Tensor]],
                     grad_checkpoint: bool = False, noise: float = 0.0, temperature: float = 1.0,
@@ -99,7 +109,7 @@ def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: 
     noise / temperature: the gate estimator (see `gate`); width False runs every block at full width."""
     aux = Aux([], [], [])
     for i, blk in enumerate(blocks):
-        out = routers[i](router_tokens(x), cond)
+        out = route(routers[i], router_tokens(x), cond, grad_checkpoint)
         g, hard = gate(out, tau, noise, temperature)
         if width:
             m, r = width_mask(out, routers.config.widths, hidden[i])
@@ -126,16 +136,16 @@ def distill_loss(elastic_pred: Tensor, dense_pred: Tensor) -> Tensor:
     return F.mse_loss(elastic_pred, dense_pred.detach())
 
 
-def check_resume_layout(path: str, meta: dict, keys: list[str], routers: RouterSet) -> None:
+def check_resume_layout(path: str, meta: dict, shapes: dict[str, list[int]], routers: RouterSet) -> None:
     """A training state holds routers of the layout this run trains, or a ValueError before any step.
-    keys: the state's router keys (RouterSet state_dict names). Files from before the compact layout
-    carry no `router_layout`: their keys tell (released routers have `img_mod`)."""
-    saved = meta.get("router_layout") or ("released" if any(".img_mod." in k for k in keys) else "compact")
+    shapes: the state's router tensors (RouterSet state_dict names) -> shape. Files from before the
+    compact layout carry no `router_layout`: their keys tell (released routers have `img_mod`)."""
+    saved = meta.get("router_layout") or ("released" if any(".img_mod." in k for k in shapes) else "compact")
     want = routers.config.layout
     if saved != want:
         raise ValueError(f"resume: {path} holds {saved}-layout routers but this run trains {want}-layout ones; "
                          f"resume with the router layout {saved!r}, or train a new file")
-    if set(keys) != set(routers.state_dict()):
+    if shapes != {k: list(v.shape) for k, v in routers.state_dict().items()}:
         raise ValueError(f"resume: {path} holds routers of another shape (blocks or modulation rank) than this "
                          "run trains; resume with the settings it was trained with, or train a new file")
 
@@ -209,8 +219,8 @@ class RouterTrainer:
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-            keys = [k[8:] for k in f.keys() if k.startswith("routers.")]
-        check_resume_layout(path, meta, keys, self.routers)
+            shapes = {k[8:]: list(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("routers.")}
+        check_resume_layout(path, meta, shapes, self.routers)
         tensors = load_file(path)
         self.routers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("routers.")})
         state: dict[int, dict] = {}

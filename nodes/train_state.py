@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 import comfy.sample
 import comfy.samplers
 
-from ..elastic_core.train import Aux, distill_loss, gate, width_mask
+from ..elastic_core.train import Aux, distill_loss, gate, route, width_mask
 
 
 class TrainState:
@@ -41,7 +41,8 @@ class TrainState:
         x = adapter.streams(ref, args)  # {"img": [B, L, D], ...}
         names = list(x)
         batch = x[names[0]].shape[0]
-        out = self.patch.routers[i](adapter.router_tokens(ref, args), adapter.cond(ref, args))
+        out = route(self.patch.routers[i], adapter.router_tokens(ref, args), adapter.cond(ref, args),
+                    self.grad_checkpoint)  # with checkpointing, the router too is recomputed in the backward
         g, hard = gate(out, self.tau)  # [B]
         m, r = width_mask(out, self.patch.routers.config.widths, ref.spec.mlp_hidden)  # [B, M], [B]
 
