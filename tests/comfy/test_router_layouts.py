@@ -22,6 +22,7 @@ def env(comfy, tmp_path_factory):
     from tests.comfy import elastic, tiny
     routers_dir = tmp_path_factory.mktemp("elastic_routers")
     folder_paths.add_model_folder_path("elastic_routers", str(routers_dir), is_default=True)
+    folder_paths.add_model_folder_path("loras", str(tmp_path_factory.mktemp("loras")), is_default=True)
     return comfy[0], comfy[1], tiny, elastic, routers_dir
 
 
@@ -156,3 +157,23 @@ def test_train_node_layouts_and_refusals_before_sampling(env):
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     assert calls == []  # nothing sampled before the errors
+
+
+def test_trains_on_fp8_weights_with_a_lora(env):
+    """The memory estimate's setting: weights stored in fp8 (computed in a wider type, as ComfyUI runs an
+    fp8 Flux), compact routers recomputed under checkpointing, a LoRA."""
+    nodes, pack, tiny, el, routers_dir = env
+    with torch.inference_mode():
+        model = tiny.build("flux", seed=3, std=0.08, dtype=torch.float8_e4m3fn, manual_cast=torch.float32)
+    w = model.get_model_object("diffusion_model").double_blocks[0].img_mlp[0].weight
+    assert w.dtype == torch.float8_e4m3fn
+    before = w.clone()
+    ckpt = _train(nodes, tiny, model, filename="fp8 run", steps=4, lora_rank=2, gradient_checkpointing=True)
+    assert ckpt.meta.router.layout == "compact" and ckpt.meta.provenance["lora_rank"] == "2"
+    with torch.no_grad():
+        trained = list(ckpt.routers.parameters())
+        start = list(el.make_routers(pack, model, layout="compact").routers.parameters())
+        assert all(torch.isfinite(p).all() for p in trained)
+        assert any((p - q).abs().max() > 0 for p, q in zip(trained, start))
+    assert ckpt.meta.provenance["lora"] == "fp8 run.safetensors"
+    assert torch.equal(w.float(), before.float()) and w.dtype == torch.float8_e4m3fn  # the user's model untouched
