@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .distributed import data_parallel, global_sum, world
 from .router import RouterOutput, RouterSet
 
 Streams = dict[str, Tensor]
@@ -126,6 +127,10 @@ def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: 
 def budget_losses(aux: Aux, rho_g: float, rho_w: float) -> tuple[Tensor, Tensor]:
     """L_gating = (mean p - rho_g)^2; L_width = (mean r over blocks that run - rho_w)^2 (eqs. 14-15)."""
     p, r, run = torch.stack(aux.p), torch.stack(aux.r), torch.stack(aux.g_hard)  # [N, B]
+    if world()[1] > 1:  # data parallel: the means over the GLOBAL batch (distributed.global_sum)
+        p_mean = global_sum(p.sum()) / global_sum(torch.tensor(float(p.numel()), device=p.device))
+        r_bar = global_sum((r * run).sum()) / global_sum(run.sum()).clamp_min(1.0)
+        return (p_mean - rho_g) ** 2, (r_bar - rho_w) ** 2
     l_gate = (p.mean() - rho_g) ** 2
     r_bar = (r * run).sum() / run.sum().clamp_min(1.0)
     return l_gate, (r_bar - rho_w) ** 2
@@ -155,6 +160,8 @@ class RouterTrainer:
 
     def __init__(self, routers: RouterSet, cfg: TrainConfig, backbone: torch.nn.Module | None = None):
         self.routers, self.cfg, self.step = routers, cfg, 0
+        self.trained = [routers, backbone if cfg.end_to_end else None]  # what DDP all-reduces under torchrun
+        self._ddp = None
         groups = [{"params": list(routers.parameters())}]
         if cfg.end_to_end and backbone is not None:
             groups.append({"params": [p for p in backbone.parameters() if p.requires_grad],
@@ -169,7 +176,9 @@ class RouterTrainer:
                 "width": self.cfg.train_width}
 
     def train_step(self, perf_and_aux: Callable[[], tuple[Tensor, Aux]]) -> dict:
-        perf, aux = perf_and_aux()
+        if self._ddp is None:  # under torchrun: the forward through DDP, so the backward all-reduces
+            self._ddp = data_parallel(self.trained, find_unused=not self.cfg.train_width) or False
+        perf, aux = self._ddp(perf_and_aux) if self._ddp else perf_and_aux()
         l_gate, l_width = budget_losses(aux, self.cfg.rho_g, self.cfg.rho_w)
         if not self.cfg.train_width:
             l_width = l_width.detach() * 0

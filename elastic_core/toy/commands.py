@@ -53,8 +53,14 @@ def _train_config(args) -> TrainConfig:
 def _train(args) -> int:
     if args.comfyui or args.workflow:
         return _train_comfy(args)
+    from ..distributed import init_from_env
     from . import pipeline as P
     from .training import frozen_copy, train_routers
+    rank, size = init_from_env()  # under torchrun: one share of the batch per process, DDP gradients
+    if args.batch % size or (args.bank and (args.batch // 2) % size):
+        print(f"error: --batch {args.batch} does not split over {size} processes (the trajectory bank draws "
+              f"batch / 2 captions: use a multiple of {2 * size})", file=sys.stderr)
+        return 2
     model = P.load_dit(args.dit) if args.dit else P.load_dit()
     cfg = _train_config(args)
     objective = args.objective if args.end_to_end else "distill"
@@ -66,12 +72,15 @@ def _train(args) -> int:
         stop["asked"] = True
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        routers, trainer = train_routers(model, cfg, seed=args.seed, resume=args.resume, progress=_progress(25),
+        routers, trainer = train_routers(model, cfg, seed=args.seed, resume=args.resume,
+                                         progress=_progress(25) if rank == 0 else None,
                                          should_stop=lambda: stop["asked"], objective=objective, teacher=teacher,
                                          batch_size=args.batch, bank_size=0 if objective == "data" else args.bank,
                                          layout=args.router_layout)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if rank != 0:  # rank 0 saves; every rank holds the same weights
+        return 0
     if stop["asked"]:
         print(f"stopped at step {trainer.step} of {cfg.steps} (Ctrl-C); what was trained is saved")
     trainer.save(args.out + ".state")

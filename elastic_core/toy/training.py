@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import RouterConfig
+from ..distributed import share, world
 from ..router import RouterSet
 from ..train import Aux, RouterTrainer, TrainConfig, distill_loss, elastic_forward
 from .model import ToyConfig, ToyDiT, flow_loss, guided, schedule
@@ -146,13 +147,15 @@ def perf_loss(predict, model: ToyDiT, objective: str, teacher: ToyDiT | None, rn
     guidance = model.cfg.guidance
 
     def loss() -> torch.Tensor:
+        # under torchrun every rank draws the same global batch and computes its own share of it
         if bank is not None:
-            xt, t, tok = bank.draw(rng, max(1, batch_size // 2))
+            n = max(1, batch_size // 2)
+            xt, t, tok = (a[share(n)] for a in bank.draw(rng, n))
             with torch.no_grad():
                 want = guided(teacher, xt, t, tok, guidance)
             fn = (lambda f: guided(f, xt, t, tok, guidance))  # noqa: E731
         else:
-            xt, t, tok, v = noised_batch(model, rng, batch_size, drop, t_dist)
+            xt, t, tok, v = (a[share(batch_size)] for a in noised_batch(model, rng, batch_size, drop, t_dist))
             want = target(xt, t, tok, v)
             fn = (lambda f: f(xt, t, tok))  # noqa: E731
         out = distill_loss(fn(predict), want)
@@ -198,7 +201,7 @@ def train_routers(model: ToyDiT, cfg: TrainConfig = TrainConfig(), seed: int = 0
     objective = objective or ("anchored" if cfg.end_to_end else "distill")
     if (objective == "distill") == cfg.end_to_end:
         raise ValueError(f"objective {objective!r} does not match end_to_end={cfg.end_to_end}")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + 1000 * world()[0])  # the gate noise: each rank its own
     if objective == "distill":
         teacher = model
     elif objective == "anchored" and teacher is None:
