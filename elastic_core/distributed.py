@@ -74,3 +74,18 @@ def data_parallel(modules, find_unused: bool = False):
         return None
     return nn.parallel.DistributedDataParallel(_Trained([m for m in modules if m is not None]),
                                                find_unused_parameters=find_unused)
+
+
+def from_rank0(obj):
+    """Rank 0's value of a small picklable `obj` on every rank (e.g. the file name rank 0 chose)."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. for rank 0's file before the others read it)."""
+    if world()[1] > 1:
+        dist.barrier()

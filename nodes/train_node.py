@@ -24,6 +24,7 @@ import comfy.utils
 import folder_paths
 
 from ..elastic_core.config import COMPACT_RANK, LAYOUTS, ElasticConfig
+from ..elastic_core.distributed import barrier, from_rank0, init_from_env
 from ..elastic_core.checkpoint import RouterCheckpoint, RouterMeta, load_routers, save_routers
 from ..elastic_core.lora import JointTrainer, LoraSet, check_rank, save_lora
 from ..elastic_core.policy import Policy
@@ -118,7 +119,8 @@ class ElasticDiTTrainRouter:
                 "teacher_runs": ("INT", {"default": 4, "min": 1, "max": 256,
                                          "tooltip": "Dense sampling runs (seeds) whose states the routers train on."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
-                                       "tooltip": "Teacher states per training step (more: smoother, slower, more memory)."}),
+                                       "tooltip": "Teacher states per training step (more: smoother, slower, more memory). "
+                                       "Under torchrun: the global batch, each process takes its share."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute each block in the "
                                            "backward pass: far less memory, about 1.3x the time."}),
                 "save_every": ("INT", {"default": 50, "min": 1, "max": 100000,
@@ -162,6 +164,7 @@ class ElasticDiTTrainRouter:
                  len(teacher), teacher_runs, time.perf_counter() - t0)
         loop = TrainLoop(job, teacher)
         run_student(job, loop)
+        barrier()  # under torchrun: rank 0's file is written before any rank reads it
         comfy.model_management.throw_exception_if_processing_interrupted()
         if loop.trainer.history:
             last = loop.trainer.history[-1]
@@ -218,7 +221,11 @@ class TrainJob:
         targets = lora_train.lora_targets(dm, refs)
         if lora_rank:
             check_rank(targets, lora_rank)  # a ValueError naming the layer that cannot hold the rank
-        path = router_path(filename, resume, lora=bool(lora_rank))
+        rank, size = init_from_env()  # under torchrun: DDP, each rank a share of every batch, rank 0 saves
+        if batch_size % size:
+            raise ValueError(f"batch_size {batch_size} does not split over {size} processes (torchrun); use a "
+                             f"multiple of {size}: it is the global batch, each process takes its share")
+        path = from_rank0(router_path(filename, resume, lora=bool(lora_rank)))
         if resume and not os.path.isfile(path + STATE_SUFFIX):
             raise FileNotFoundError(f"resume: no training state {path + STATE_SUFFIX}; train without resume first")
         if resume:  # the saved routers (and LoRA) must be this model's, of this layout
@@ -279,6 +286,9 @@ class TrainLoop:
         self.device, self.saved = None, None
 
     def save(self) -> None:
+        if init_from_env()[0] != 0:  # under torchrun rank 0 saves; every rank holds the same weights
+            self.saved = self.trainer.step
+            return
         self.routers.to("cpu")
         save_routers(self.job.path, self.routers, self.meta)
         if self.lora is not None:

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 import comfy.sample
 import comfy.samplers
 
+from ..elastic_core.distributed import share
 from ..elastic_core.train import Aux, distill_loss, gate, route, width_mask
 
 
@@ -131,7 +132,8 @@ def perf_and_aux(state: TrainState, predict, teacher: Teacher, batch: int, seed:
     The batch is drawn with seed() (the run's seed plus the step), so a resumed run draws what an
     uninterrupted one would have."""
     def fn() -> tuple[Tensor, Aux]:
-        x, sigma, target = teacher.draw(batch, torch.Generator().manual_seed(seed()), device)
+        # under torchrun every rank draws the same global batch and computes its share of it
+        x, sigma, target = (t[share(batch)] for t in teacher.draw(batch, torch.Generator().manual_seed(seed()), device))
         state.reset()
         pred = predict(x.to(torch.float32), sigma)
         return distill_loss(pred.float(), target.float()), state.aux
