@@ -155,6 +155,16 @@ def check_resume_layout(path: str, meta: dict, shapes: dict[str, list[int]], rou
                          "run trains; resume with the settings it was trained with, or train a new file")
 
 
+def check_resume_state(path: str, routers: RouterSet) -> dict:
+    """The training state file `path` can resume `routers` (see check_resume_layout); -> its metadata."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        shapes = {k[8:]: list(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("routers.")}
+    check_resume_layout(path, meta, shapes, routers)
+    return meta
+
+
 class RouterTrainer:
     """Adam on the routers (and the backbone when end_to_end); save / resume; progress; cancel."""
 
@@ -225,11 +235,7 @@ class RouterTrainer:
         save_file(tensors, path, metadata=meta)
 
     def resume(self, path: str) -> None:
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            shapes = {k[8:]: list(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("routers.")}
-        check_resume_layout(path, meta, shapes, self.routers)
+        meta = check_resume_state(path, self.routers)
         tensors = load_file(path)
         self.routers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("routers.")})
         state: dict[int, dict] = {}

@@ -62,6 +62,14 @@ def _train(args) -> int:
               f"batch / 2 captions: use a multiple of {2 * size})", file=sys.stderr)
         return 2
     model = P.load_dit(args.dit) if args.dit else P.load_dit()
+    if args.resume:  # a state of another router layout or shape: refused before any training
+        from ..train import check_resume_state
+        from .training import new_routers
+        try:
+            check_resume_state(args.resume, new_routers(model, args.seed, args.router_layout))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     cfg = _train_config(args)
     objective = args.objective if args.end_to_end else "distill"
     # anchored: the target is the ORIGINAL toy DiT, frozen (on resume from a tuned --dit, still the original)
