@@ -2,6 +2,7 @@
 which is how routers for a ComfyUI-loadable model are trained from a terminal or a job queue.
 
     python elastic_dit_comfy.py train --comfyui PATH --workflow FILE [--extra-nodes DIR ...] [--cpu]
+    torchrun --nproc_per_node N elastic_dit_comfy.py train ...    (N GPUs: DDP, rank 0 saves)
 
 Run it with the Python of that ComfyUI (the engine's `elastic-dit` command never imports ComfyUI). The
 workflow is the graph a user would queue (loaders, text encoders, Train Elastic Router, and anything
@@ -65,6 +66,9 @@ def run(comfyui: str, workflow: str, extra_nodes: list[str], cpu: bool) -> int:
     import utils.extra_config  # noqa: F401  ComfyUI's `utils` package, imported first as its main.py does
     from comfy.cli_args import args
     args.cpu = args.cpu or cpu
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.cpu:  # torchrun: this process's GPU
+        import torch
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # ComfyUI then loads models there
     import execution
     import nodes
 

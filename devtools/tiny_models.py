@@ -116,13 +116,13 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p)) if 0 < p < 1 else (30.0 if p >= 1 else -30.0)
 
 
-def make_routers(pack, model, seed: int = 0):
-    """Open, full-width routers for every block of `model`, as the pack's RouterCheckpoint."""
+def make_routers(pack, model, seed: int = 0, layout: str = "released"):
+    """Open, full-width routers of `layout` for every block of `model`, as the pack's RouterCheckpoint."""
     ec = pack.elastic_core
     dm = model.get_model_object("diffusion_model")
     adapter = pack.nodes.adapters.adapter_for(dm)
     refs = adapter.blocks(dm)
-    routers = ec.router.RouterSet(adapter.router_config(dm), [r.spec.name for r in refs])
+    routers = ec.router.RouterSet(adapter.router_config(dm).with_layout(layout), [r.spec.name for r in refs])
     routers.init_full_capacity(generator=torch.Generator().manual_seed(seed))
     meta = ec.checkpoint.RouterMeta.for_routers(routers, adapter.family)
     return ec.checkpoint.RouterCheckpoint(routers, meta, "test-routers")

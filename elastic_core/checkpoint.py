@@ -2,7 +2,10 @@
 
 Our format is a small safetensors file: tensors `routers.{i}.<Router state_dict key>` (exactly the
 RouterSet's state_dict) and str->str metadata carrying a format name and version, the family, the
-blocks, the router shape, the inference defaults, the training targets and the provenance.
+blocks, the router shape, the inference defaults, the training targets and the provenance. Version 1
+holds routers of the released layout; version 2 the compact layout (a rank-r modulation, metadata
+`router_layout` "compact" and `mod_rank`). Released-layout files are still written as version 1, so
+older readers load them.
 
 The authors' release is ONE full Qwen-Image DiT state dict (~40 GB) with the routers under
 `[prefix]gate_mlps.{i}.`; only those tensors are read, one at a time.
@@ -30,8 +33,9 @@ from .elastic_mlp import MLP_ACTIVATIONS
 from .router import Router, RouterSet
 
 FORMAT = "elastic-dit-router"
-FORMAT_VERSION = "1"
-SUPPORTED_VERSIONS = ("1",)
+FORMAT_VERSION = "1"  # the released layout
+COMPACT_VERSION = "2"  # the compact layout
+SUPPORTED_VERSIONS = ("1", "2")
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 # The released code's behaviour: band [0.5, 0.515], K = 10, caching from step 15 of 30.
 RELEASED_DEFAULTS = {"tau": 0.5, "delta": 0.015, "max_reuse": 10, "cache_start": 0.5, "cache_end": 1.0}
@@ -181,7 +185,10 @@ def read_header(path: str) -> _Header:
 
 # -- checks shared by both layouts ----------------------------------------------------------------
 
-_SUBKEYS = tuple(Router(RouterConfig(dim=1, hidden=1)).state_dict())  # img_mod.1.weight, ..., width_head.bias
+def _subkeys(config: RouterConfig) -> tuple[str, ...]:
+    """One router's state_dict keys: img_mod.1.weight, ..., width_head.bias (compact: mod_down / mod_up)."""
+    return tuple(_expected_shapes(config))
+
 
 
 def _expected_shapes(config: RouterConfig) -> dict[str, tuple[int, ...]]:
@@ -194,11 +201,11 @@ def _listing(items: list[str], most: int = 4) -> str:
     return ", ".join(items[:most]) + more
 
 
-def _check_keys(path: str, found: dict, want: dict[str, str]) -> None:
+def _check_keys(path: str, found: dict, want: dict[str, str], subkeys: tuple[str, ...]) -> None:
     """found: header entries of the router keys present; want: key -> name of its block."""
     missing = [f"{k!r} (block {b!r})" for k, b in want.items() if k not in found]
     if missing:
-        raise _err(path, f"missing router tensor(s) {_listing(missing)}; expected {', '.join(_SUBKEYS)} for every block")
+        raise _err(path, f"missing router tensor(s) {_listing(missing)}; expected {', '.join(subkeys)} for every block")
     unexpected = sorted(repr(k) for k in set(found) - set(want))
     if unexpected:
         raise _err(path, f"unexpected key(s) {_listing(unexpected)}; expected only the router tensors of "
@@ -250,7 +257,7 @@ def _check_router_shapes(path, h: _Header, meta: RouterMeta, fkey) -> dict[str, 
     n, shapes = len(meta.block_names), _expected_shapes(meta.router)
     _check_width_rows(path, h.tensors, [fkey(i, "width_head.weight") for i in range(n)], meta.router.widths)
     _check_shapes(path, h.tensors, {fkey(i, s): shape for i in range(n) for s, shape in shapes.items()})
-    return {fkey(i, s): f"routers.{i}.{s}" for i in range(n) for s in _SUBKEYS}
+    return {fkey(i, s): f"routers.{i}.{s}" for i in range(n) for s in shapes}
 
 
 def _finish(path, h: _Header, meta: RouterMeta, fkey, device) -> RouterCheckpoint:
@@ -274,8 +281,10 @@ def router_metadata(meta: RouterMeta) -> dict[str, str]:
     c = meta.router
     blocks = [{"name": n, "dim": c.dim, "cond_dim": c.cond} for n in meta.block_names]
     act = {} if meta.mlp_activation is None else {"mlp_activation": meta.mlp_activation}
+    layout = {} if c.mod_rank is None else {"router_layout": "compact", "mod_rank": str(c.mod_rank)}
     return {**act,
-        "format": FORMAT, "format_version": FORMAT_VERSION, "family": meta.family,
+        "format": FORMAT, "format_version": FORMAT_VERSION if c.mod_rank is None else COMPACT_VERSION,
+        "family": meta.family, **layout,
         "blocks": json.dumps(blocks), "router_hidden": str(c.hidden), "widths": json.dumps(list(c.widths)),
         "activation": c.activation, "ln_eps": repr(c.ln_eps), "defaults": json.dumps(meta.defaults),
         "targets": json.dumps({"rho_g": meta.rho_g, "rho_w": meta.rho_w}),
@@ -350,19 +359,37 @@ def _parse_meta(path: str, md: dict) -> RouterMeta:
     # Files converted before the key existed: the converter's name says they hold the released routers.
     act = md.get("mlp_activation") or (RELEASED_MLP_ACTIVATION if provenance.get("converter") == RELEASED_CONVERTER
                                        and family == "qwen_image" else None)
+    mod_rank = _mod_rank(path, md, version)
     try:
         config = RouterConfig(dim=dim, cond_dim=None if cond == dim else cond, hidden=int(hidden),
-                              widths=tuple(widths), activation=activation, ln_eps=ln_eps)
+                              widths=tuple(widths), activation=activation, ln_eps=ln_eps, mod_rank=mod_rank)
         return RouterMeta(family, names, config, defaults, targets.get("rho_g"), targets.get("rho_w"), provenance,
                           mlp_activation=act)
     except (TypeError, ValueError) as e:
         raise _err(path, f"invalid metadata: {e}") from None
 
 
+def _mod_rank(path: str, md: dict, version: str) -> int | None:
+    """None for version 1 (the released layout); version 2: the compact layout's rank."""
+    if version == FORMAT_VERSION:
+        if "router_layout" in md or "mod_rank" in md:
+            raise _err(path, f"format_version {FORMAT_VERSION} (the released router layout) with compact-layout "
+                             f"metadata (router_layout / mod_rank); expected format_version {COMPACT_VERSION} for that")
+        return None
+    if md.get("router_layout") != "compact":
+        raise _err(path, f"format_version {version} needs metadata router_layout 'compact', got "
+                         f"{md.get('router_layout')!r}")
+    rank = _meta_field(path, md, "mod_rank")
+    if not rank.isdigit() or int(rank) < 1:
+        raise _err(path, f"metadata 'mod_rank' is {rank!r}; expected a whole number >= 1")
+    return int(rank)
+
+
 def _load_ours(path: str, h: _Header, device) -> RouterCheckpoint:
     meta = _parse_meta(path, h.metadata)
-    want = {f"routers.{i}.{s}": name for i, name in enumerate(meta.block_names) for s in _SUBKEYS}
-    _check_keys(path, h.tensors, want)  # every tensor in our file must be a router tensor
+    subkeys = _subkeys(meta.router)
+    want = {f"routers.{i}.{s}": name for i, name in enumerate(meta.block_names) for s in subkeys}
+    _check_keys(path, h.tensors, want, subkeys)  # every tensor in our file must be a router tensor
     return _finish(path, h, meta, lambda i, s: f"routers.{i}.{s}", device)
 
 
@@ -427,7 +454,8 @@ def _released_meta(path: str, h: _Header):
     def fkey(i: int, sub: str) -> str:
         return f"{prefix}gate_mlps.{i}.{sub}"
 
-    _check_keys(path, found, {fkey(i, s): names[i] for i in range(n) for s in _SUBKEYS})
+    subkeys = _subkeys(RouterConfig(dim=1, hidden=1))  # the released layout
+    _check_keys(path, found, {fkey(i, s): names[i] for i in range(n) for s in subkeys}, subkeys)
     config = _released_config(path, found, fkey, names)
     provenance = {"source": os.path.basename(path), "converter": RELEASED_CONVERTER,
                   "date": datetime.date.today().isoformat(),
@@ -483,7 +511,10 @@ def describe(ckpt: RouterCheckpoint) -> dict:
     return {
         "path": ckpt.path, "family": m.family, "blocks": len(routers), "block_names": list(m.block_names),
         "dim": m.dim, "cond_dim": m.cond_dim, "hidden": c.hidden, "widths": list(c.widths),
-        "activation": c.activation, "mlp_activation": m.mlp_activation, "dtype": str(routers.routers[0].out[0].weight.dtype).removeprefix("torch."),
+        "activation": c.activation, "mlp_activation": m.mlp_activation,
+        "dtype": str(routers.routers[0].out[0].weight.dtype).removeprefix("torch."),
+        "layout": c.layout, "mod_rank": c.mod_rank,
+        "router_parameters": sum(p.numel() for p in routers.routers[0].parameters()),
         "defaults": dict(m.defaults), "targets": {"rho_g": m.rho_g, "rho_w": m.rho_w},
         "provenance": dict(m.provenance), "per_block": per_block,
     }

@@ -48,6 +48,8 @@ def _print_summary(info: dict) -> None:
     print(f"  blocks      {info['blocks']}")
     print(f"  dims        dim {info['dim']}, cond_dim {info['cond_dim']}, router hidden {info['hidden']}, "
           f"activation {info['activation']}, dtype {info['dtype']}")
+    rank = f" (modulation rank {info['mod_rank']})" if info["mod_rank"] else ""
+    print(f"  layout      {info['layout']}{rank}, {info['router_parameters']:,} parameters per router")
     print(f"  widths      {', '.join(_fmt(w) for w in info['widths'])}")
     act = info["mlp_activation"]
     print("  model MLPs  " + (f"{act}: the released DiT's x*sigmoid(1.702x); Apply runs it by default" if act

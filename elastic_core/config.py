@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
+# The compact router layout's modulation rank (format version 2): 0.70 M parameters per router at
+# D = C = 3072, against 28.7 M in the released layout. Why 32: README / docs "router layouts".
+COMPACT_RANK = 32
+LAYOUTS = ("compact", "released")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,9 @@ class RouterConfig:
     widths: tuple[float, ...] = WIDTHS  # S: the MLP width ratios the width head chooses from
     activation: str = "relu"
     ln_eps: float = 1e-6
+    # None: the released layout, a full modulation Linear(C, 3D) per router. r: the compact layout, a
+    # rank-r modulation Linear(C, r) -> Linear(r, 2D) producing only the shift and scale that are used.
+    mod_rank: int | None = None
 
     def __post_init__(self):
         if self.dim <= 0 or self.hidden <= 0 or (self.cond_dim is not None and self.cond_dim <= 0):
@@ -35,6 +42,10 @@ class RouterConfig:
         if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (
                 math.isfinite(self.ln_eps) and self.ln_eps > 0):
             raise ValueError(f"router ln_eps must be a finite number > 0, got {self.ln_eps!r}")
+        if self.mod_rank is not None and (isinstance(self.mod_rank, bool) or not isinstance(self.mod_rank, int)
+                                          or self.mod_rank <= 0):
+            raise ValueError(f"router mod_rank must be a whole number > 0 (or None: the released layout), "
+                             f"got {self.mod_rank!r}")
         if self.activation not in ("relu", "gelu", "silu"):
             raise ValueError(f"router activation must be relu, gelu or silu, got {self.activation!r}")
         object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
@@ -42,6 +53,21 @@ class RouterConfig:
     @property
     def cond(self) -> int:
         return self.dim if self.cond_dim is None else self.cond_dim
+
+    @property
+    def layout(self) -> str:
+        """"released" (the authors' RouteGate) or "compact" (a low-rank modulation)."""
+        return "released" if self.mod_rank is None else "compact"
+
+    def with_layout(self, layout: str) -> "RouterConfig":
+        """This router shape in `layout`: "compact" (rank COMPACT_RANK) or "released"."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"router layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        return replace(self, mod_rank=COMPACT_RANK if layout == "compact" else None)
+
+    @classmethod
+    def of_layout(cls, dim: int, layout: str, **kw) -> "RouterConfig":
+        return cls(dim=dim, **kw).with_layout(layout)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,7 @@ class JointTrainer(RouterTrainer):
     def __init__(self, routers, cfg: TrainConfig, adapter: nn.Module, adapter_lr: float):
         super().__init__(routers, cfg)
         self.adapter = adapter
+        self.trained = [routers, adapter]
         params = [p for p in adapter.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam([{"params": list(routers.parameters())},
                                      {"params": params, "lr": adapter_lr}], lr=cfg.lr)

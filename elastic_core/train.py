@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .distributed import data_parallel, global_sum, world
 from .router import RouterOutput, RouterSet
 
 Streams = dict[str, Tensor]
@@ -91,6 +92,16 @@ def width_mask(out: RouterOutput, widths: Sequence[float], hidden: int) -> tuple
     return hard + soft - soft.detach(), r
 
 
+def route(router, tokens, cond: Tensor, recompute: bool = False) -> RouterOutput:
+    """One router call in training. recompute: nothing of the router's own is kept for the backward
+    pass (its fp32 normalised tokens [B, L, D], twice, and its hidden activations [B, L, H]); it runs
+    again there, one router at a time. Its inputs, the block's input streams, are what block
+    checkpointing keeps anyway, so with both on a block's whole saved state is its input."""
+    if not recompute:
+        return router(tokens, cond)
+    return checkpoint(router, tokens, cond, use_reentrant=False)
+
+
 def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: Sequence[int], x: Streams,
                     cond: Tensor, tau: float, router_tokens: Callable[[Streams], list[Tensor]],
                     grad_checkpoint: bool = False, noise: float = 0.0, temperature: float = 1.0,
@@ -99,7 +110,7 @@ def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: 
     noise / temperature: the gate estimator (see `gate`); width False runs every block at full width."""
     aux = Aux([], [], [])
     for i, blk in enumerate(blocks):
-        out = routers[i](router_tokens(x), cond)
+        out = route(routers[i], router_tokens(x), cond, grad_checkpoint)
         g, hard = gate(out, tau, noise, temperature)
         if width:
             m, r = width_mask(out, routers.config.widths, hidden[i])
@@ -116,6 +127,10 @@ def elastic_forward(routers: RouterSet, blocks: Sequence[TrainBlockFn], hidden: 
 def budget_losses(aux: Aux, rho_g: float, rho_w: float) -> tuple[Tensor, Tensor]:
     """L_gating = (mean p - rho_g)^2; L_width = (mean r over blocks that run - rho_w)^2 (eqs. 14-15)."""
     p, r, run = torch.stack(aux.p), torch.stack(aux.r), torch.stack(aux.g_hard)  # [N, B]
+    if world()[1] > 1:  # data parallel: the means over the GLOBAL batch (distributed.global_sum)
+        p_mean = global_sum(p.sum()) / global_sum(torch.tensor(float(p.numel()), device=p.device))
+        r_bar = global_sum((r * run).sum()) / global_sum(run.sum()).clamp_min(1.0)
+        return (p_mean - rho_g) ** 2, (r_bar - rho_w) ** 2
     l_gate = (p.mean() - rho_g) ** 2
     r_bar = (r * run).sum() / run.sum().clamp_min(1.0)
     return l_gate, (r_bar - rho_w) ** 2
@@ -126,11 +141,37 @@ def distill_loss(elastic_pred: Tensor, dense_pred: Tensor) -> Tensor:
     return F.mse_loss(elastic_pred, dense_pred.detach())
 
 
+def check_resume_layout(path: str, meta: dict, shapes: dict[str, list[int]], routers: RouterSet) -> None:
+    """A training state holds routers of the layout this run trains, or a ValueError before any step.
+    shapes: the state's router tensors (RouterSet state_dict names) -> shape. Files from before the
+    compact layout carry no `router_layout`: their keys tell (released routers have `img_mod`)."""
+    saved = meta.get("router_layout") or ("released" if any(".img_mod." in k for k in shapes) else "compact")
+    want = routers.config.layout
+    if saved != want:
+        raise ValueError(f"resume: {path} holds {saved}-layout routers but this run trains {want}-layout ones; "
+                         f"resume with the router layout {saved!r}, or train a new file")
+    if shapes != {k: list(v.shape) for k, v in routers.state_dict().items()}:
+        raise ValueError(f"resume: {path} holds routers of another shape (blocks or modulation rank) than this "
+                         "run trains; resume with the settings it was trained with, or train a new file")
+
+
+def check_resume_state(path: str, routers: RouterSet) -> dict:
+    """The training state file `path` can resume `routers` (see check_resume_layout); -> its metadata."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        shapes = {k[8:]: list(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("routers.")}
+    check_resume_layout(path, meta, shapes, routers)
+    return meta
+
+
 class RouterTrainer:
     """Adam on the routers (and the backbone when end_to_end); save / resume; progress; cancel."""
 
     def __init__(self, routers: RouterSet, cfg: TrainConfig, backbone: torch.nn.Module | None = None):
         self.routers, self.cfg, self.step = routers, cfg, 0
+        self.trained = [routers, backbone if cfg.end_to_end else None]  # what DDP all-reduces under torchrun
+        self._ddp = None
         groups = [{"params": list(routers.parameters())}]
         if cfg.end_to_end and backbone is not None:
             groups.append({"params": [p for p in backbone.parameters() if p.requires_grad],
@@ -145,7 +186,9 @@ class RouterTrainer:
                 "width": self.cfg.train_width}
 
     def train_step(self, perf_and_aux: Callable[[], tuple[Tensor, Aux]]) -> dict:
-        perf, aux = perf_and_aux()
+        if self._ddp is None:  # under torchrun: the forward through DDP, so the backward all-reduces
+            self._ddp = data_parallel(self.trained, find_unused=not self.cfg.train_width) or False
+        perf, aux = self._ddp(perf_and_aux) if self._ddp else perf_and_aux()
         l_gate, l_width = budget_losses(aux, self.cfg.rho_g, self.cfg.rho_w)
         if not self.cfg.train_width:
             l_width = l_width.detach() * 0
@@ -184,7 +227,7 @@ class RouterTrainer:
                    if isinstance(v, Tensor)}
         tensors.update({f"routers.{k}": v.contiguous() for k, v in self.routers.state_dict().items()})
         meta = {"step": str(self.step), "param_groups": json.dumps(sd["param_groups"]),
-                "config": json.dumps(asdict(self.cfg))}
+                "config": json.dumps(asdict(self.cfg)), "router_layout": self.routers.config.layout}
         return tensors, meta
 
     def save(self, path: str) -> None:
@@ -192,9 +235,7 @@ class RouterTrainer:
         save_file(tensors, path, metadata=meta)
 
     def resume(self, path: str) -> None:
-        from safetensors import safe_open
-        with safe_open(path, "pt") as f:
-            meta = f.metadata()
+        meta = check_resume_state(path, self.routers)
         tensors = load_file(path)
         self.routers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("routers.")})
         state: dict[int, dict] = {}

@@ -23,7 +23,8 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
-from ..elastic_core.config import ElasticConfig
+from ..elastic_core.config import COMPACT_RANK, LAYOUTS, ElasticConfig
+from ..elastic_core.distributed import barrier, from_rank0, init_from_env
 from ..elastic_core.checkpoint import RouterCheckpoint, RouterMeta, load_routers, save_routers
 from ..elastic_core.lora import JointTrainer, LoraSet, check_rank, save_lora
 from ..elastic_core.policy import Policy
@@ -122,7 +123,8 @@ class ElasticDiTTrainRouter:
                 "teacher_runs": ("INT", {"default": 4, "min": 1, "max": 256,
                                          "tooltip": "Dense sampling runs (seeds) whose states the routers train on."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
-                                       "tooltip": "Teacher states per training step (more: smoother, slower, more memory)."}),
+                                       "tooltip": "Teacher states per training step (more: smoother, slower, more memory). "
+                                       "Under torchrun: the global batch, each process takes its share."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute each block in the "
                                            "backward pass: far less memory, about 1.3x the time."}),
                 "save_every": ("INT", {"default": 50, "min": 1, "max": 100000,
@@ -132,6 +134,12 @@ class ElasticDiTTrainRouter:
                               "frozen). N: a rank-N LoRA on the blocks' attention and MLP linears learns with the "
                               "routers, saved as models/loras/<filename>.safetensors for LoraLoaderModelOnly."}),
                 "lora_learning_rate": f(1e-4, 1e-7, 1.0, 1e-6, "Adam learning rate of the LoRA."),
+                # appended last: saved workflows list widget values in input order
+                "router_layout": (list(LAYOUTS), {"default": "compact", "tooltip": "compact: each router reads "
+                                  f"its conditioning through a rank-{COMPACT_RANK} modulation (0.7 M parameters at "
+                                  "Flux width; router file format 2). released: the authors' layout, a full "
+                                  "modulation layer per router (28.7 M parameters at Flux width, ~40x the "
+                                  "training memory for the routers; format 1). Resume with the layout you started with."}),
             },
         }
 
@@ -148,10 +156,11 @@ class ElasticDiTTrainRouter:
 
     def train(self, model, positive, latent_image, steps, learning_rate, rho_g, rho_w, filename, seed,
               negative=None, cfg=1.0, sampling_steps=20, teacher_runs=4, batch_size=1,
-              gradient_checkpointing=True, save_every=50, resume=False, lora_rank=0, lora_learning_rate=1e-4):
+              gradient_checkpointing=True, save_every=50, resume=False, lora_rank=0, lora_learning_rate=1e-4,
+              router_layout="compact"):
         job = TrainJob.validate(model, positive, negative, latent_image, cfg, filename, resume, TrainConfig(
             steps=steps, lr=learning_rate, rho_g=rho_g, rho_w=rho_w, grad_checkpoint=gradient_checkpointing),
-            sampling_steps, teacher_runs, batch_size, save_every, seed, lora_rank, lora_learning_rate)
+            sampling_steps, teacher_runs, batch_size, save_every, seed, lora_rank, lora_learning_rate, router_layout)
         t0 = time.perf_counter()
         teacher = dense_trajectories(model, job.positive, job.negative, job.latent, cfg,
                                      sampling_steps, teacher_runs, seed)
@@ -159,6 +168,7 @@ class ElasticDiTTrainRouter:
                  len(teacher), teacher_runs, time.perf_counter() - t0)
         loop = TrainLoop(job, teacher)
         run_student(job, loop)
+        barrier()  # under torchrun: rank 0's file is written before any rank reads it
         comfy.model_management.throw_exception_if_processing_interrupted()
         if loop.trainer.history:
             last = loop.trainer.history[-1]
@@ -187,6 +197,7 @@ class TrainJob:
     lora_rank: int  # 0: routers only
     lora_lr: float
     lora_targets: list  # the LoraTargets of this model's blocks
+    layout: str = "compact"  # of the routers: "compact" or "released"
 
     @property
     def state_file(self) -> str:
@@ -199,7 +210,7 @@ class TrainJob:
     @classmethod
     def validate(cls, model, positive, negative, latent_image, cfg, filename, resume, config: TrainConfig,
                  sampling_steps, teacher_runs, batch_size, save_every, seed, lora_rank=0,
-                 lora_lr=1e-4) -> "TrainJob":
+                 lora_lr=1e-4, layout="compact") -> "TrainJob":
         if HOLDER_KEY in model.model_options.get("transformer_options", {}):
             raise ValueError("this MODEL already comes from Apply Elastic DiT; train on the plain model")
         dm = model.get_model_object("diffusion_model")
@@ -209,14 +220,25 @@ class TrainJob:
             raise ValueError(f"cfg {cfg} needs a negative conditioning (connect one, or set cfg to 1)")
         if not isinstance(latent_image, dict) or "samples" not in latent_image:
             raise ValueError("latent_image must be a LATENT (e.g. from Empty Latent Image)")
+        if layout not in LAYOUTS:
+            raise ValueError(f"router_layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         targets = lora_train.lora_targets(dm, refs)
         if lora_rank:
             check_rank(targets, lora_rank)  # a ValueError naming the layer that cannot hold the rank
-        path = router_path(filename, resume, lora=bool(lora_rank))
+        rank, size = init_from_env()  # under torchrun: DDP, each rank a share of every batch, rank 0 saves
+        if batch_size % size:
+            raise ValueError(f"batch_size {batch_size} does not split over {size} processes (torchrun); use a "
+                             f"multiple of {size}: it is the global batch, each process takes its share")
+        path = from_rank0(router_path(filename, resume, lora=bool(lora_rank)))
         if resume and not os.path.isfile(path + STATE_SUFFIX):
             raise FileNotFoundError(f"resume: no training state {path + STATE_SUFFIX}; train without resume first")
-        if resume:  # the saved routers (and LoRA) must be this model's
-            check_compatible(adapter, dm, refs, load_routers(path))
+        if resume:  # the saved routers (and LoRA) must be this model's, of this layout
+            saved = load_routers(path)
+            check_compatible(adapter, dm, refs, saved)
+            if saved.meta.router.layout != layout:
+                raise ValueError(f"resume: {path} holds {saved.meta.router.layout}-layout routers, but router_layout "
+                                 f"is {layout!r}; set router_layout to {saved.meta.router.layout!r} to resume it, "
+                                 "or train a new file")
             lora_train.check_resume(path + STATE_SUFFIX, _state_meta(path + STATE_SUFFIX), model, targets, lora_rank)
         provenance = {"trainer": "Train Elastic Router (dense-teacher distillation)", "steps": str(config.steps),
                       "cfg": str(cfg), "sampling_steps": str(sampling_steps), "teacher_runs": str(teacher_runs)}
@@ -224,12 +246,12 @@ class TrainJob:
             provenance.update(lora=os.path.basename(lora_train.lora_file(path)), lora_rank=str(lora_rank))
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
         return cls(model, latent, adapter, refs, positive, negative if negative is not None else positive, cfg,
-                   config, path, resume, batch_size, save_every, seed, provenance, lora_rank, lora_lr, targets)
+                   config, path, resume, batch_size, save_every, seed, provenance, lora_rank, lora_lr, targets, layout)
 
     def new_routers(self) -> tuple[RouterSet, RouterMeta]:
         dm = self.model.get_model_object("diffusion_model")
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; these tensors will train
-            routers = RouterSet(self.adapter.router_config(dm), [r.spec.name for r in self.refs]).init_full_capacity(
+            routers = RouterSet(self.adapter.router_config(dm).with_layout(self.layout), [r.spec.name for r in self.refs]).init_full_capacity(
                 generator=torch.Generator().manual_seed(self.seed))
         defaults = {k: v for k, v in ElasticConfig(tau=self.config.tau).to_dict().items()
                     if k in ("tau", "delta", "max_reuse", "cache_start", "cache_end")}
@@ -268,6 +290,9 @@ class TrainLoop:
         self.device, self.saved = None, None
 
     def save(self) -> None:
+        if init_from_env()[0] != 0:  # under torchrun rank 0 saves; every rank holds the same weights
+            self.saved = self.trainer.step
+            return
         self.routers.to("cpu")
         save_routers(self.job.path, self.routers, self.meta)
         if self.lora is not None:

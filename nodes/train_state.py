@@ -18,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 import comfy.sample
 import comfy.samplers
 
-from ..elastic_core.train import Aux, distill_loss, gate, width_mask
+from ..elastic_core.distributed import share
+from ..elastic_core.train import Aux, distill_loss, gate, route, width_mask
 
 
 class TrainState:
@@ -41,7 +42,8 @@ class TrainState:
         x = adapter.streams(ref, args)  # {"img": [B, L, D], ...}
         names = list(x)
         batch = x[names[0]].shape[0]
-        out = self.patch.routers[i](adapter.router_tokens(ref, args), adapter.cond(ref, args))
+        out = route(self.patch.routers[i], adapter.router_tokens(ref, args), adapter.cond(ref, args),
+                    self.grad_checkpoint)  # with checkpointing, the router too is recomputed in the backward
         g, hard = gate(out, self.tau)  # [B]
         m, r = width_mask(out, self.patch.routers.config.widths, ref.spec.mlp_hidden)  # [B, M], [B]
 
@@ -130,7 +132,8 @@ def perf_and_aux(state: TrainState, predict, teacher: Teacher, batch: int, seed:
     The batch is drawn with seed() (the run's seed plus the step), so a resumed run draws what an
     uninterrupted one would have."""
     def fn() -> tuple[Tensor, Aux]:
-        x, sigma, target = teacher.draw(batch, torch.Generator().manual_seed(seed()), device)
+        # under torchrun every rank draws the same global batch and computes its share of it
+        x, sigma, target = (t[share(batch)] for t in teacher.draw(batch, torch.Generator().manual_seed(seed()), device))
         state.reset()
         pred = predict(x.to(torch.float32), sigma)
         return distill_loss(pred.float(), target.float()), state.aux

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..argtypes import COUNT, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT
+from ..config import LAYOUTS
 from ..results import write_json
 from ..train import TrainConfig
 
@@ -53,9 +54,23 @@ def _train_config(args) -> TrainConfig:
 def _train(args) -> int:
     if args.comfyui or args.workflow:
         return _train_comfy(args)
+    from ..distributed import init_from_env
     from . import pipeline as P
     from .training import frozen_copy, train_routers
+    rank, size = init_from_env()  # under torchrun: one share of the batch per process, DDP gradients
+    if args.batch % size or (args.bank and (args.batch // 2) % size):
+        print(f"error: --batch {args.batch} does not split over {size} processes (the trajectory bank draws "
+              f"batch / 2 captions: use a multiple of {2 * size})", file=sys.stderr)
+        return 2
     model = P.load_dit(args.dit) if args.dit else P.load_dit()
+    if args.resume:  # a state of another router layout or shape: refused before any training
+        from ..train import check_resume_state
+        from .training import new_routers
+        try:
+            check_resume_state(args.resume, new_routers(model, args.seed, args.router_layout))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     cfg = _train_config(args)
     objective = args.objective if args.end_to_end else "distill"
     # anchored: the target is the ORIGINAL toy DiT, frozen (on resume from a tuned --dit, still the original)
@@ -66,11 +81,15 @@ def _train(args) -> int:
         stop["asked"] = True
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        routers, trainer = train_routers(model, cfg, seed=args.seed, resume=args.resume, progress=_progress(25),
+        routers, trainer = train_routers(model, cfg, seed=args.seed, resume=args.resume,
+                                         progress=_progress(25) if rank == 0 else None,
                                          should_stop=lambda: stop["asked"], objective=objective, teacher=teacher,
-                                         batch_size=args.batch, bank_size=0 if objective == "data" else args.bank)
+                                         batch_size=args.batch, bank_size=0 if objective == "data" else args.bank,
+                                         layout=args.router_layout)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if rank != 0:  # rank 0 saves; every rank holds the same weights
+        return 0
     if stop["asked"]:
         print(f"stopped at step {trainer.step} of {cfg.steps} (Ctrl-C); what was trained is saved")
     trainer.save(args.out + ".state")
@@ -138,6 +157,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--teacher", default=None, help="with --objective anchored: the frozen DiT to distil from "
                    "(default: the shipped one, also when --dit resumes a tuned copy)")
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in the backward pass")
+    p.add_argument("--router-layout", choices=LAYOUTS, default="compact", help="compact: a low-rank modulation "
+                   "per router (router file format 2); released: the authors' layout (format 1)")
     p.add_argument("--comfyui", default=None, help="(ComfyUI models: see elastic_dit_comfy.py; this says how)")
     p.add_argument("--workflow", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="toy_routers.safetensors")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import RouterConfig
+from ..distributed import share, world
 from ..router import RouterSet
 from ..train import Aux, RouterTrainer, TrainConfig, distill_loss, elastic_forward
 from .model import ToyConfig, ToyDiT, flow_loss, guided, schedule
@@ -60,9 +61,10 @@ def train_dit(steps: int = 2000, batch_size: int = 32, lr: float = 2e-3, seed: i
     return avg.eval()
 
 
-def new_routers(model: ToyDiT, seed: int = 0) -> RouterSet:
+def new_routers(model: ToyDiT, seed: int = 0, layout: str = "released") -> RouterSet:
     # a small router hidden size: the toy blocks are narrow, and the router must stay cheap beside them
-    return RouterSet(RouterConfig(model.cfg.dim, hidden=16), [s.name for s in model.specs()]).init_full_capacity(
+    config = RouterConfig.of_layout(model.cfg.dim, layout, hidden=16)
+    return RouterSet(config, [s.name for s in model.specs()]).init_full_capacity(
         generator=torch.Generator().manual_seed(seed))
 
 
@@ -145,13 +147,15 @@ def perf_loss(predict, model: ToyDiT, objective: str, teacher: ToyDiT | None, rn
     guidance = model.cfg.guidance
 
     def loss() -> torch.Tensor:
+        # under torchrun every rank draws the same global batch and computes its own share of it
         if bank is not None:
-            xt, t, tok = bank.draw(rng, max(1, batch_size // 2))
+            n = max(1, batch_size // 2)
+            xt, t, tok = (a[share(n)] for a in bank.draw(rng, n))
             with torch.no_grad():
                 want = guided(teacher, xt, t, tok, guidance)
             fn = (lambda f: guided(f, xt, t, tok, guidance))  # noqa: E731
         else:
-            xt, t, tok, v = noised_batch(model, rng, batch_size, drop, t_dist)
+            xt, t, tok, v = (a[share(batch_size)] for a in noised_batch(model, rng, batch_size, drop, t_dist))
             want = target(xt, t, tok, v)
             fn = (lambda f: f(xt, t, tok))  # noqa: E731
         out = distill_loss(fn(predict), want)
@@ -187,21 +191,23 @@ def frozen_copy(model: ToyDiT) -> ToyDiT:
 def train_routers(model: ToyDiT, cfg: TrainConfig = TrainConfig(), seed: int = 0, routers: RouterSet | None = None,
                   resume: str | None = None, progress=None, should_stop=None, objective: str | None = None,
                   teacher: ToyDiT | None = None, batch_size: int = 16,
-                  bank_size: int = 0, dense_anchor: bool = True) -> tuple[RouterSet, RouterTrainer]:
+                  bank_size: int = 0, dense_anchor: bool = True,
+                  layout: str = "released") -> tuple[RouterSet, RouterTrainer]:
     """Train routers (and, end to end, `model` in place). objective: None picks "distill" for routers
     only and "anchored" end to end; `teacher` (anchored) defaults to a frozen copy of `model` as given.
     bank_size > 0 (distill / anchored): distil on that many captions' teacher trajectories, guided.
-    dense_anchor (anchored): pull the student's dense prediction to the frozen original as well."""
+    dense_anchor (anchored): pull the student's dense prediction to the frozen original as well.
+    layout: of new routers, "released" (the shipped toy routers' layout) or "compact"."""
     objective = objective or ("anchored" if cfg.end_to_end else "distill")
     if (objective == "distill") == cfg.end_to_end:
         raise ValueError(f"objective {objective!r} does not match end_to_end={cfg.end_to_end}")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + 1000 * world()[0])  # the gate noise: each rank its own
     if objective == "distill":
         teacher = model
     elif objective == "anchored" and teacher is None:
         teacher = frozen_copy(model)
     model.requires_grad_(cfg.end_to_end)
-    routers = routers or new_routers(model, seed)
+    routers = routers or new_routers(model, seed, layout)
     trainer = RouterTrainer(routers, cfg, backbone=model)
     if resume:
         trainer.resume(resume)

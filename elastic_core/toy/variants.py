@@ -68,19 +68,19 @@ class Artifacts:
     def _path(self, name: str) -> str | None:
         return None if self.folder is None else os.path.join(self.folder, f"{self.base_key}-{name}.safetensors")
 
-    def edit(self, objective: str, budget: Budget) -> Variant:
-        """Routers trained with `objective` (and, end to end, the tuned DiT) under `budget`."""
-        name = f"edit-{objective}-{budget.key()}"
+    def edit(self, objective: str, budget: Budget, layout: str = "released") -> Variant:
+        """Routers of `layout` trained with `objective` (and, end to end, the tuned DiT) under `budget`."""
+        name = f"edit-{objective}-{budget.key()}" + ("" if layout == "released" else f"-{layout}")
         rpath, dpath = self._path(name), self._path(name + "-dit")
         model = P.load_dit(self.base_path)
         e2e = objective != "distill"
         if rpath and os.path.isfile(rpath) and (not e2e or os.path.isfile(dpath)):
             return Variant(name, P.load_dit(dpath) if e2e else model, P.load_toy_routers(rpath).routers)
-        self.log(f"training routers: {objective}, {budget.steps} steps")
+        self.log(f"training routers: {objective}, {budget.steps} steps, {layout} layout")
         cfg = budget.train_config(e2e)
         routers, _ = train_routers(model, cfg, seed=budget.seed, objective=objective, batch_size=budget.batch,
                                    bank_size=budget.bank if objective != "data" else 0,
-                                   dense_anchor=budget.dense_anchor)
+                                   dense_anchor=budget.dense_anchor, layout=layout)
         if rpath:
             P.save_toy_routers(routers, cfg, rpath, objective=objective, half=False)
             if e2e:

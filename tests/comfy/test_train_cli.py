@@ -54,3 +54,36 @@ def test_cli_refuses_a_ui_workflow(comfy, tmp_path):
         wf.write_text(f.read())
     r = _cli(COMFY_PATH, wf)
     assert r.returncode != 0 and "API format" in (r.stdout + r.stderr)
+
+
+def test_cli_under_torchrun_equals_one_process_with_the_global_batch(comfy, tmp_path):
+    """2 processes (gloo on the CPU), a global batch of 2: DDP gives the routers one process trains."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.comfy.conftest import COMFY_PATH
+    states = {}
+    try:
+        for name, launcher in (("cli ddp one", []),
+                               ("cli ddp two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+            prompt = _prompt(name, steps=3)
+            prompt["4"]["inputs"]["batch_size"] = 2
+            wf = tmp_path / f"{name}.json"
+            wf.write_text(json.dumps(prompt))
+            cmd = [sys.executable, *launcher, os.path.join(ROOT, "elastic_dit_comfy.py"), "train", "--comfyui",
+                   COMFY_PATH, "--workflow", str(wf), "--extra-nodes", HELPERS, "--cpu"]
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+            out = r.stdout + r.stderr
+            assert r.returncode == 0 and "Elastic DiT: trained" in out, out[-4000:]
+            states[name] = out.split("Elastic DiT: trained ")[1].split(" in ")[0]
+        a, b = (load_file(states[n] + ".train_state") for n in ("cli ddp one", "cli ddp two"))
+        keys = [k for k in a if k.startswith("routers.")]
+        assert keys and set(keys) == {k for k in b if k.startswith("routers.")}
+        for k in keys:
+            torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+    finally:  # written to that ComfyUI's models/elastic_routers: leave no file behind
+        for path in states.values():
+            for p in (path, path + ".train_state"):
+                if os.path.isfile(p):
+                    os.remove(p)

@@ -79,14 +79,16 @@ def test_gate_moves_toward_rho_g_and_resume_goes_on(env):
     nodes, pack, tiny, el, routers_dir = env
     model = _model(tiny)
     pos, _, lat = _inputs(tiny, model)
+    # the released layout: the gate bias is its one open-ness knob (compact routers also move their
+    # modulation; that they cut compute is test_trained_file_loads_in_apply_and_cuts_compute)
     with cancel_at(10):
-        _train(nodes, model, pos, lat, filename="cancel me", save_every=3, steps=30)
+        _train(nodes, model, pos, lat, filename="cancel me", save_every=3, steps=30, router_layout="released")
     path = os.path.join(routers_dir, "cancel me.safetensors")
     assert os.path.isfile(path) and os.path.isfile(path + ".train_state")
     from safetensors import safe_open
     with safe_open(path + ".train_state", "pt") as f:
         assert int(f.metadata()["step"]) == 10  # the step Cancel came at, not the last periodic save (9)
-    ckpt = _train(nodes, model, pos, lat, filename="cancel me", steps=30, resume=True)
+    ckpt = _train(nodes, model, pos, lat, filename="cancel me", steps=30, resume=True, router_layout="released")
     assert ckpt.path == path
     with safe_open(path + ".train_state", "pt") as f:
         assert int(f.metadata()["step"]) == 30

@@ -265,8 +265,8 @@ def test_unknown_format(tmp_path):
 
 
 def test_unsupported_version(tmp_path):
-    path = write_ours(tmp_path / "r.safetensors", metadata=lambda md: md | {"format_version": "2"})
-    raises(path, "unsupported format_version", "'2'", "format_version 1")
+    path = write_ours(tmp_path / "r.safetensors", metadata=lambda md: md | {"format_version": "3"})
+    raises(path, "unsupported format_version", "'3'", "format_version 1, 2")
 
 
 def test_missing_key(tmp_path):
@@ -406,3 +406,70 @@ def test_header_over_the_safetensors_limit_says_so(tmp_path):
         f.write(b"\0")
     msg = raises(path, "exceeds", "100 MiB")
     assert "larger than the file" not in msg
+
+
+# -- the compact layout (format version 2) ----------------------------------------------------------
+
+def make_compact(n=N, dim=D, rank=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    routers = RouterSet(RouterConfig(dim, hidden=H, mod_rank=rank), [f"double_blocks.{i}" for i in range(n)])
+    with torch.no_grad():
+        for p in routers.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return routers
+
+
+def test_compact_round_trip(tmp_path):
+    routers = make_compact()
+    path = tmp_path / "c.safetensors"
+    save_routers(path, routers, make_meta(routers))
+    md = ck.read_header(str(path)).metadata
+    assert (md["format_version"], md["router_layout"], md["mod_rank"]) == ("2", "compact", "4")
+    back = load_routers(path)
+    assert back.meta.router == routers.config and back.meta.router.layout == "compact"
+    for k, v in routers.state_dict().items():
+        assert torch.equal(back.routers.state_dict()[k], v), k
+    x, c = torch.randn(2, 5, D), torch.randn(2, D)
+    assert torch.equal(back.routers[1](x, c).gate_logit, routers[1](x, c).gate_logit)
+    info = describe(back)
+    assert (info["layout"], info["mod_rank"]) == ("compact", 4)
+    assert info["router_parameters"] == sum(p.numel() for p in routers[0].parameters())
+
+
+def test_released_layout_is_still_written_as_version_1(tmp_path):
+    path = tmp_path / "r.safetensors"
+    routers = make_routers()
+    save_routers(path, routers, make_meta(routers))
+    md = ck.read_header(str(path)).metadata
+    assert md["format_version"] == "1" and "router_layout" not in md and "mod_rank" not in md
+    assert describe(load_routers(path))["layout"] == "released"
+
+
+def write_compact(path, tensors=None, metadata=None):
+    routers = make_compact()
+    t, md = ck._encode(routers, make_meta(routers))
+    save_file(tensors(t) if tensors else t, str(path), metadata=metadata(md) if metadata else md)
+    return path
+
+
+def test_compact_metadata_faults_refused(tmp_path):
+    raises(write_compact(tmp_path / "a.safetensors", metadata=lambda md: md | {"format_version": "1"}),
+           "format_version 1", "compact-layout metadata", "format_version 2")
+    raises(write_compact(tmp_path / "b.safetensors", metadata=lambda md: {k: v for k, v in md.items() if k != "mod_rank"}),
+           "missing metadata key 'mod_rank'")
+    raises(write_compact(tmp_path / "c.safetensors", metadata=lambda md: md | {"mod_rank": "four"}),
+           "'mod_rank' is 'four'", "whole number")
+    raises(write_compact(tmp_path / "d.safetensors", metadata=lambda md: md | {"router_layout": "tiny"}),
+           "router_layout 'compact'", "'tiny'")
+
+
+def test_compact_rank_that_does_not_match_the_tensors_refused(tmp_path):
+    path = write_compact(tmp_path / "r.safetensors", metadata=lambda md: md | {"mod_rank": "5"})
+    raises(path, "'routers.0.mod_down.weight' has wrong shape [4, 32]", "expected [5, 32]")
+
+
+def test_compact_file_with_released_tensors_refused(tmp_path):
+    released = make_routers()
+    t, _ = ck._encode(released, make_meta(released))
+    path = write_compact(tmp_path / "r.safetensors", tensors=lambda _: t)
+    raises(path, "missing router tensor", "mod_down.weight")

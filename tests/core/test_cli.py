@@ -84,3 +84,28 @@ def test_comfyui_commands_point_to_comfyuis_python(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert ("elastic_dit_comfy.py train" if argv[0] == "train" else "devtools/bench_comfy.py") in err, err
+
+
+def test_train_resume_across_layouts_refused_before_training(tmp_path, capsys):
+    from elastic_core.toy.pipeline import load_dit
+    from elastic_core.toy.training import new_routers
+    from elastic_core.train import RouterTrainer, TrainConfig
+    state = str(tmp_path / "released.state")
+    RouterTrainer(new_routers(load_dit(), 0, "released"), TrainConfig()).save(state)
+    out = tmp_path / "r.safetensors"
+    assert main(["train", "--steps", "1", "--resume", state, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "released.state holds released-layout routers but this run trains compact-layout ones" in err, err
+    assert not out.exists()
+
+
+def test_inspect_prints_the_layout(tmp_path, capsys):
+    from elastic_core.checkpoint import save_routers
+
+    from .test_checkpoint import make_compact, make_meta
+    routers = make_compact()
+    path = tmp_path / "c.safetensors"
+    save_routers(path, routers, make_meta(routers))
+    assert main(["inspect", str(path)]) == 0
+    n = sum(p.numel() for p in routers[0].parameters())
+    assert f"layout      compact (modulation rank 4), {n:,} parameters per router" in capsys.readouterr().out

@@ -106,3 +106,52 @@ def test_width_head_can_be_left_out_and_backbone_gets_its_own_lr():
     tr = RouterTrainer(routers, TrainConfig(lr=1e-3, backbone_lr=1e-5, end_to_end=True), backbone=backbone)
     assert [g["lr"] for g in tr.opt.param_groups] == [1e-3, 1e-5]
     assert TrainConfig(steps=11, temperature_start=1.0, temperature_end=0.01).temperature(10) == 0.01
+
+
+def _saved_bytes(fn) -> tuple[object, int]:
+    """fn() run with autograd's saved tensors counted (distinct storages, bytes)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def test_router_recompute_keeps_nothing_and_gives_the_same_gradients():
+    from elastic_core.config import RouterConfig
+    from elastic_core.router import Router
+    from elastic_core.train import route
+    for layout in ("compact", "released"):
+        router = Router(RouterConfig.of_layout(64, layout, hidden=16)).init_full_capacity()
+        x = torch.randn(2, 50, 64, dtype=torch.bfloat16)  # bf16 block inputs, as a bf16 model's
+        c = torch.randn(2, 64)
+        grads, sizes = [], []
+        for recompute in (False, True):
+            router.zero_grad()
+            out, n = _saved_bytes(lambda: route(router, [x[:, :10], x[:, 10:]], c, recompute))
+            (out.gate_logit.sum() + out.width_logits.square().sum()).backward()
+            grads.append([p.grad.clone() for p in router.parameters()])
+            sizes.append(n)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
+        # kept: at least one fp32 copy of the tokens; recomputed: at most the conditioning [B, C]
+        assert sizes[0] >= x.numel() * 4 and sizes[1] <= c.numel() * 4, (layout, sizes)
+
+
+def test_resume_across_layouts_refused(tmp_path):
+    import pytest
+
+    from elastic_core.config import RouterConfig
+    from elastic_core.router import RouterSet
+    names = ["b0", "b1"]
+    compact = RouterSet(RouterConfig.of_layout(32, "compact", hidden=8), names)
+    RouterTrainer(compact, TrainConfig()).save(str(tmp_path / "c.state"))
+    released = RouterSet(RouterConfig.of_layout(32, "released", hidden=8), names)
+    with pytest.raises(ValueError, match="c.state holds compact-layout routers but this run trains released"):
+        RouterTrainer(released, TrainConfig()).resume(str(tmp_path / "c.state"))
+    other_rank = RouterSet(RouterConfig(32, hidden=8, mod_rank=4), names)
+    with pytest.raises(ValueError, match="another shape"):
+        RouterTrainer(other_rank, TrainConfig()).resume(str(tmp_path / "c.state"))
