@@ -1,9 +1,10 @@
 """Routers and Apply-node calls for the real-ComfyUI tests, through the pack's own modules."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from devtools.tiny_models import logit, make_routers  # noqa: F401
+from devtools.tiny_models import logit, make_routers, missing  # noqa: F401
 
 APPLY_DEFAULTS = dict(tau=0.5, delta=0.015, max_reuse=10, skip_blocks=True, adapt_width=True, cache=True,
                       cache_start_percent=0.5, cache_end_percent=1.0)
@@ -19,6 +20,13 @@ def force(router, p=None, width_idx=None):
         router.width_head.bias.fill_(-10.0)
         router.width_head.bias[width_idx] = 10.0
     return router
+
+
+def need(kind: str) -> None:
+    """Skip, with the reason, where this ComfyUI has no class for the tiny model `kind`."""
+    why = missing(kind)
+    if why:
+        pytest.skip(why)
 
 
 def apply(comfy_nodes, model, ckpt, **kw):

@@ -12,7 +12,7 @@ import torch
 import tests.comfy  # noqa: F401  (binds this repo's `tests` package before ComfyUI's)
 from tests.router_probe import split_width
 
-FAMILIES = ["flux", "chroma", "qwen"]
+FAMILIES = ["flux", "chroma", "qwen", "flux2"]  # Flux.2 where ComfyUI has the class
 BAND = 0.505  # in [tau, tau + delta] = [0.5, 0.515]: run once, then reuse
 
 
@@ -59,7 +59,7 @@ def _sampler(kind, tiny, model, batch=1, steps=4, cfg=3.5, positive=None):
     from tests.comfy import elastic as el
     lat = tiny.latent(kind, batch)
     noise = comfy.sample.prepare_noise(lat, 7)
-    ctx = model.get_model_object("diffusion_model").txt_in.in_features
+    ctx = tiny.context_dim(model)
     pos, neg = tiny.conds(kind, batch, seed=3, ctx=ctx)
     pos = pos if positive is None else positive(pos)
 
@@ -96,6 +96,7 @@ def _mixed_first_step(rec, block):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_batch_equals_each_sample_alone_when_rows_disagree(env, kind):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     run = _sampler(kind, tiny, model, batch=2)
     block = 1
@@ -114,6 +115,7 @@ def test_batch_equals_each_sample_alone_when_rows_disagree(env, kind):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_one_call_equals_cond_and_uncond_in_separate_calls(env, kind, monkeypatch):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     run = _sampler(kind, tiny, model)
     block = 1
@@ -141,6 +143,7 @@ def _two_positives(pos):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_conds_of_one_type_in_separate_calls_keep_their_own_cache(env, kind, monkeypatch):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     run = _sampler(kind, tiny, model, positive=_two_positives)
     ckpt = el.make_routers(pack, model)
