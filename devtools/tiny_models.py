@@ -223,7 +223,18 @@ def flux2_config(depth=2, single=2, klein=False) -> dict:
                 default_ref_method="index", ref_index_scale=10.0)
 
 
-SUPPORTED = {"flux2": ("Flux2", flux2_config, {}), "flux2_klein": ("Flux2", flux2_config, {"klein": True})}
+def zimage_config(layers=3, refiners=1, z_image=True) -> dict:
+    """Z-Image (z_image=False: Lumina 2.0's modulation): NextDiT, D = 256 (Z-Image's adaLN reads a
+    256-wide timestep embedding as min(D, 256) channels, so D >= 256), SwiGLU feed-forwards of 688 channels."""
+    return dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=layers, n_refiner_layers=refiners,
+                n_heads=4, n_kv_heads=4, multiple_of=16, ffn_dim_multiplier=8.0 / 3.0, norm_eps=1e-5, qk_norm=True,
+                cap_feat_dim=32, axes_dims=[16, 24, 24], axes_lens=[256, 64, 64], rope_theta=256.0,
+                z_image_modulation=z_image, time_scale=1000.0 if z_image else 1.0,
+                pad_tokens_multiple=32 if z_image else None)
+
+
+SUPPORTED = {"flux2": ("Flux2", flux2_config, {}), "flux2_klein": ("Flux2", flux2_config, {"klein": True}),
+             "zimage": ("ZImage", zimage_config, {})}
 
 
 def missing(kind: str) -> str | None:

@@ -34,6 +34,17 @@ def apply(comfy_nodes, model, ckpt, **kw):
     return node.apply(model, ckpt, **{**APPLY_DEFAULTS, **kw})[0]
 
 
+def patch_block(pack, model, ref, fn):
+    """A clone of model with fn(args, extra) as block `ref`'s patches_replace["dit"] hook; for a model
+    whose layers have no such hook (Z-Image), with the pack's view of the layer that calls it."""
+    m = model.clone()
+    m.set_model_patch_replace(fn, "dit", ref.hook, ref.index)
+    if ref.hook == "layer":
+        path = f"diffusion_model.{ref.path}"
+        m.add_object_patch(path, pack.nodes.layer_hook.hooked_layer(m.get_model_object(path), (ref.hook, ref.index)))
+    return m
+
+
 def identity_blocks(model, hooks):
     """A clone of model whose listed (hook name, index) blocks are identity, by ComfyUI's own hook."""
     m = model.clone()

@@ -12,7 +12,7 @@ import torch
 import tests.comfy  # noqa: F401  (binds this repo's `tests` package before ComfyUI's)
 from tests.router_probe import split_width
 
-FAMILIES = ["flux", "chroma", "qwen", "flux2"]  # Flux.2 where ComfyUI has the class
+FAMILIES = ["flux", "chroma", "qwen", "flux2", "zimage"]  # Flux.2, Z-Image where ComfyUI has the class
 BAND = 0.505  # in [tau, tau + delta] = [0.5, 0.515]: run once, then reuse
 
 
@@ -30,16 +30,16 @@ def _refs(pack, model):
 
 def _router_inputs(pack, model, block, run):
     """(router tokens, router conditioning) block `block` sees at its first call in run(m)."""
+    from tests.comfy import elastic as el
     adapter, refs = _refs(pack, model)
-    ref, got, m = refs[block], {}, model.clone()
+    ref, got = refs[block], {}
 
     def patch(args, extra):
         if not got:
             got["tokens"] = [t.clone() for t in adapter.router_tokens(ref, args)]
             got["cond"] = adapter.cond(ref, args).clone()
         return extra["original_block"](args)
-    m.set_model_patch_replace(patch, "dit", ref.hook, ref.index)
-    run(m)
+    run(el.patch_block(pack, model, ref, patch))
     return got["tokens"], got["cond"]
 
 
@@ -76,14 +76,14 @@ def _separate_calls(monkeypatch, model):
 
 def _block_calls(pack, model, run):
     """How many rows each call of block 0 got, in order (to check how ComfyUI batched)."""
-    _, refs = _refs(pack, model)
-    rows, m = [], model.clone()
+    from tests.comfy import elastic as el
+    adapter, refs = _refs(pack, model)
+    rows = []
 
     def patch(args, extra):
-        rows.append(args["img"].shape[0])
+        rows.append(next(iter(adapter.streams(refs[0], args).values())).shape[0])
         return extra["original_block"](args)
-    m.set_model_patch_replace(patch, "dit", refs[0].hook, refs[0].index)
-    run(m)
+    run(el.patch_block(pack, model, refs[0], patch))
     return rows
 
 
