@@ -232,7 +232,7 @@ def add_parser(sub) -> None:
                    "(three training modes) against fewer steps, FBCache, TeaCache, a trained static model and "
                    "random / fixed plans; writes JSON and a PNG plot")
     p.add_argument("--toy-size", choices=("quick", "medium", "full"), default="medium",
-                   help="with --toy: medium (3 x 8 scenes, the README's figures; about 1.5 h on 2 CPU cores, "
+                   help="with --toy: medium (3 x 8 scenes, docs/benchmarks.md; about 1.5 h on 2 CPU cores, "
                    "about 1 h once its trained variants are cached), full (3 x 16 scenes, hours) or quick (seconds, tests)")
     p.add_argument("--artifacts", default="bench-results/toy-artifacts",
                    help="with --toy: where the variants it trains are cached")

@@ -95,8 +95,9 @@ class ElasticConfig:
         return {"version": self.VERSION, **asdict(self)}
 
 
-# The paper's Table-1 settings, one choice away from the released-code defaults. The paper's deltas
-# are probably on another scale than the released band (see README); they are given as published.
+# The paper's stated settings (its section 4.1), one choice away from the released-code defaults. The
+# released code's band is 0.015; the paper gives 0.1 / 0.15 for routers trained at its rho values
+# (docs/nodes.md, "Presets").
 PAPER_PRESETS = {
     "released": ElasticConfig(),
     "qwen-image-base": ElasticConfig(delta=0.1, max_reuse=5),

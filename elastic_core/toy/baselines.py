@@ -1,4 +1,4 @@
-"""The baselines of the toy benchmark in their published forms (see the README's benchmark section),
+"""The baselines of the toy benchmark in their published forms (see docs/benchmarks.md),
 as stack policies for `pipeline.sample_with`, each counting the compute it spends.
 
 Rows of a batch are [uncond B; cond B] under guidance (sample r owns rows r and B + r), so a cache

@@ -10,7 +10,7 @@ import time
 from ..results import write_json
 from ..train import TrainConfig
 
-E2E_OBJECTIVE = "anchored"  # the documented end-to-end mode (measured best, README)
+E2E_OBJECTIVE = "anchored"  # the documented end-to-end mode (measured best, docs/benchmarks.md)
 
 
 def _demo(args) -> int:
@@ -141,7 +141,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--workflow", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="toy_routers.safetensors")
     p.set_defaults(func=_train)
-    p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 90 minutes on 1 core)")
+    p = sub.add_parser("toy-build", help="rebuild the shipped toy DiT and its routers (about 95 minutes on 1 core)")
     p.add_argument("--dit-steps", type=int, default=4000)
     p.add_argument("--router-steps", type=int, default=600)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")

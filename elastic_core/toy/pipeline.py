@@ -78,7 +78,7 @@ def save_dit(model: ToyDiT, path: str = DIT_FILE, quantize: bool = True) -> None
 
 # Inference defaults written into toy router files (ElasticConfig fields). The trained gates commit
 # (p near 0 or 1), so the wide reuse band catches the gates near 1 and the cache window's start sets
-# compute (about 56 % here); the width head is off: it cost quality at matched compute (README).
+# compute (about 56 % here); the width head is off: it cost quality at matched compute (docs/benchmarks.md).
 TOY_DEFAULTS = {"tau": 0.5, "delta": 0.5, "max_reuse": 3, "cache_start": 0.2, "cache_end": 1.0, "width": False}
 
 

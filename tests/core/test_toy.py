@@ -153,7 +153,7 @@ def test_end_to_end_training_stays_anchored_to_the_original_dit(tmp_path):
       difference of 10 % of the pixel range;
     - guided 20-step samples >= 13 dB. (Two samples of the same captions from other noise are about
       15 dB apart, so this floor says the tuned DiT has not walked off, not that it draws the very
-      same pictures: a long end-to-end run still drifts, README, "Training end to end".)"""
+      same pictures: a long end-to-end run still drifts, docs/benchmarks.md, "Training end to end".)"""
     from elastic_core.cli import main
     from elastic_core.toy import pipeline as P
     from elastic_core.toy.metrics import psnr
