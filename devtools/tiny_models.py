@@ -94,7 +94,7 @@ def conds(kind: str, batch: int = 1, seed: int = 0, tokens: int = 8, ctx: int = 
     rand = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
 
     def extra():
-        if kind in ("qwen", "zimage"):
+        if kind in ("qwen", "zimage") or kind.startswith("wan"):
             return {}
         return {"pooled_output": rand(batch, 8), "guidance": 3.5 if kind in ("flux", "flux2") else 0.0}
     return [[rand(batch, tokens, ctx), extra()]], [[rand(batch, tokens, ctx), extra()]]
@@ -103,6 +103,8 @@ def conds(kind: str, batch: int = 1, seed: int = 0, tokens: int = 8, ctx: int = 
 def latent(kind: str, batch: int = 1, size: int = 16) -> torch.Tensor:
     if kind == "qwen":
         return torch.zeros(batch, 16, 1, size, size)
+    if kind.startswith("wan"):  # a video latent: 2 latent frames of size / 2, half the tokens of a 16x16 image
+        return torch.zeros(batch, 48 if kind == "wan22_5b" else 16, 2, size // 2, size // 2)
     if kind.startswith("flux2"):  # Flux.2's VAE: 128 channels at 1/16 (patch size 1); half the side, as many tokens / 4
         return torch.zeros(batch, 128, size // 2, size // 2)
     return torch.zeros(batch, 16, size, size)
@@ -122,6 +124,8 @@ def sample(model, kind: str, cfg: float = 3.5, steps: int = 4, batch: int = 1, s
 def context_dim(model) -> int:
     """Width of the text-encoder tokens the model reads."""
     dm = model.get_model_object("diffusion_model")
+    if hasattr(dm, "text_embedding"):  # Wan
+        return dm.text_embedding[0].in_features
     return dm.txt_in.in_features if hasattr(dm, "txt_in") else dm.cap_embedder[1].in_features
 
 
@@ -233,8 +237,16 @@ def zimage_config(layers=3, refiners=1, z_image=True) -> dict:
                 pad_tokens_multiple=32 if z_image else None)
 
 
+def wan_config(layers=3, channels=16) -> dict:
+    """Wan text-to-video (WanModel): video tokens of a [B, C, T, H, W] latent, patch (1, 2, 2); 48
+    channels: Wan 2.2 TI2V 5B's latent."""
+    return dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=channels, dim=64,
+                ffn_dim=128, freq_dim=256, text_dim=32, out_dim=channels, num_heads=2, num_layers=layers, eps=1e-6)
+
+
 SUPPORTED = {"flux2": ("Flux2", flux2_config, {}), "flux2_klein": ("Flux2", flux2_config, {"klein": True}),
-             "zimage": ("ZImage", zimage_config, {})}
+             "zimage": ("ZImage", zimage_config, {}), "wan": ("WAN21_T2V", wan_config, {}),
+             "wan22_5b": ("WAN22_T2V", wan_config, {"channels": 48})}
 
 
 def missing(kind: str) -> str | None:

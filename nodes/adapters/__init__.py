@@ -10,10 +10,12 @@ from .flux2 import Flux2Adapter
 from .hunyuan3d import Hunyuan3D2Adapter
 from .hunyuan3d_2_1 import Hunyuan3D21Adapter
 from .qwen_image import QwenImageAdapter
+from .wan import WanAdapter
 from .z_image import ZImageAdapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (QwenImageAdapter(), FluxAdapter(), ChromaAdapter(), Hunyuan3D2Adapter(),
-                                       Hunyuan3D21Adapter(), Flux2Adapter(), ZImageAdapter())
+                                       Hunyuan3D21Adapter(), Flux2Adapter(), ZImageAdapter(),
+                                       WanAdapter())
 
 
 class UnsupportedFamily(ValueError):

@@ -12,7 +12,7 @@ import torch
 import tests.comfy  # noqa: F401  (binds this repo's `tests` package before ComfyUI's)
 from tests.router_probe import split_width
 
-FAMILIES = ["flux", "chroma", "qwen", "flux2", "zimage"]  # Flux.2, Z-Image where ComfyUI has the class
+FAMILIES = ["flux", "chroma", "qwen", "flux2", "zimage", "wan"]  # Flux.2, Z-Image where ComfyUI has the class
 BAND = 0.505  # in [tau, tau + delta] = [0.5, 0.515]: run once, then reuse
 
 

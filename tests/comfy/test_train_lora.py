@@ -214,7 +214,7 @@ def test_bad_lora_input_is_refused_before_sampling(env):
     assert first.path.endswith("refuse.safetensors")
 
 
-@pytest.mark.parametrize("kind", ["qwen", "chroma", "flux2", "zimage"])
+@pytest.mark.parametrize("kind", ["qwen", "chroma", "flux2", "zimage", "wan"])
 def test_other_families_train_a_lora_the_core_loader_maps(env, kind):
     nodes, pack, tiny, el, loras_dir = env
     el.need(kind)

@@ -124,7 +124,7 @@ def test_never_overwrites_and_refuses_bad_input_before_sampling(env):
     assert calls == []  # nothing sampled before the errors
 
 
-@pytest.mark.parametrize("kind", ["qwen", "chroma", "flux2", "zimage"])
+@pytest.mark.parametrize("kind", ["qwen", "chroma", "flux2", "zimage", "wan"])
 def test_other_families_train(env, kind):
     nodes, pack, tiny, el, routers_dir = env
     el.need(kind)
