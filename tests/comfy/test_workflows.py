@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
 EXPECTED = {"qwen-image-e-dit.json", "flux-dev-elastic.json", "flux-dev-train-router.json", "hunyuan3d-elastic.json",
             "flux-dev-train-router-lora.json", "qwen-image-e-dit-lora.json", "flux2-elastic.json", "z-image-elastic.json",
-            "qwen-image-edit-elastic.json"}
+            "qwen-image-edit-elastic.json", "wan-elastic.json"}
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # never reach the server
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}  # everything else is a socket
