@@ -46,8 +46,10 @@ class LoraTarget:
 
 
 def adapted(name: str) -> bool:
-    """Attention and MLP linears are adapted; modulation layers (adaLN: `img_mod`, `modulation`, `mod`) are not."""
-    return not any(p in ("mod", "modulation") or p.endswith("_mod") for p in name.split("."))
+    """Attention and MLP linears are adapted; modulation layers (adaLN: `img_mod`, `modulation`, `mod`,
+    Z-Image's `adaLN_modulation`) are not."""
+    return not any(p in ("mod", "modulation") or p.endswith("_mod") or p.startswith("adaLN")
+                   for p in name.split("."))
 
 
 def find_targets(blocks: Iterable[tuple[str, nn.Module]]) -> list[LoraTarget]:

@@ -6,12 +6,16 @@ from torch import nn
 from .base import BlockRef, FamilyAdapter
 from .chroma import ChromaAdapter
 from .flux import FluxAdapter
+from .flux2 import Flux2Adapter
 from .hunyuan3d import Hunyuan3D2Adapter
 from .hunyuan3d_2_1 import Hunyuan3D21Adapter
 from .qwen_image import QwenImageAdapter
+from .wan import WanAdapter
+from .z_image import ZImageAdapter
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (QwenImageAdapter(), FluxAdapter(), ChromaAdapter(), Hunyuan3D2Adapter(),
-                                       Hunyuan3D21Adapter())
+                                       Hunyuan3D21Adapter(), Flux2Adapter(), ZImageAdapter(),
+                                       WanAdapter())
 
 
 class UnsupportedFamily(ValueError):

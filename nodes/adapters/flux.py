@@ -33,22 +33,28 @@ def _mlp_kind(seq: nn.Module) -> str:
     raise UnsupportedLayout(f"MLP {type(seq).__name__} has a layout width reduction does not know")
 
 
+def global_modulation(dm: nn.Module) -> bool:
+    """Flux.2 (ComfyUI v0.8+) shares Flux.1's class; its blocks take shared modulations, not a vector."""
+    return bool(getattr(getattr(dm, "params", None), "global_modulation", False))
+
+
 class FluxAdapter(FamilyAdapter):
     family = "flux"
     model_classes = (comfy.ldm.flux.model.Flux,)
     inplace = True
 
+    def matches(self, dm) -> bool:
+        return isinstance(dm, self.model_classes) and not global_modulation(dm)  # Flux.2: its own adapter
+
     def refusal(self, dm) -> str | None:
-        """Flux.2 shares this class (v0.8+) but modulates all blocks from one global vector (the hook's
-        `vec` is a tuple of modulations, not a vector) and runs SwiGLU MLPs: not supported yet."""
-        params = getattr(dm, "params", None)
-        if getattr(params, "global_modulation", False) or getattr(params, "yak_mlp", False):
-            return "a Flux.2-type model (global modulation), which Elastic DiT does not support yet"
+        """Ovis shares this class (`yak_mlp`: separate gate / up / down MLP projections)."""
+        if getattr(getattr(dm, "params", None), "yak_mlp", False):
+            return "a Flux-type model with separate gate / up / down MLP projections (yak_mlp, e.g. Ovis), which Elastic DiT does not cut"
         try:
             kind = _mlp_kind(dm.double_blocks[0].img_mlp)
         except UnsupportedLayout as e:
             return str(e)
-        return None if kind == "gelu" else f"a {kind} MLP, which Elastic DiT does not cut for Flux yet"
+        return None if kind == "gelu" else f"a {kind} MLP, which Elastic DiT does not cut for Flux.1"
 
     def _dims(self, dm) -> tuple[int, int, bool]:
         mlp = dm.double_blocks[0].img_mlp

@@ -1,9 +1,10 @@
 """Routers and Apply-node calls for the real-ComfyUI tests, through the pack's own modules."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from devtools.tiny_models import logit, make_routers  # noqa: F401
+from devtools.tiny_models import logit, make_routers, missing  # noqa: F401
 
 APPLY_DEFAULTS = dict(tau=0.5, delta=0.015, max_reuse=10, skip_blocks=True, adapt_width=True, cache=True,
                       cache_start_percent=0.5, cache_end_percent=1.0)
@@ -21,9 +22,27 @@ def force(router, p=None, width_idx=None):
     return router
 
 
+def need(kind: str) -> None:
+    """Skip, with the reason, where this ComfyUI has no class for the tiny model `kind`."""
+    why = missing(kind)
+    if why:
+        pytest.skip(why)
+
+
 def apply(comfy_nodes, model, ckpt, **kw):
     node = comfy_nodes.NODE_CLASS_MAPPINGS["ElasticDiTApply"]()
     return node.apply(model, ckpt, **{**APPLY_DEFAULTS, **kw})[0]
+
+
+def patch_block(pack, model, ref, fn):
+    """A clone of model with fn(args, extra) as block `ref`'s patches_replace["dit"] hook; for a model
+    whose layers have no such hook (Z-Image), with the pack's view of the layer that calls it."""
+    m = model.clone()
+    m.set_model_patch_replace(fn, "dit", ref.hook, ref.index)
+    if ref.hook == "layer":
+        path = f"diffusion_model.{ref.path}"
+        m.add_object_patch(path, pack.nodes.layer_hook.hooked_layer(m.get_model_object(path), (ref.hook, ref.index)))
+    return m
 
 
 def identity_blocks(model, hooks):

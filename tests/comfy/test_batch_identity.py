@@ -12,7 +12,7 @@ import torch
 import tests.comfy  # noqa: F401  (binds this repo's `tests` package before ComfyUI's)
 from tests.router_probe import split_width
 
-FAMILIES = ["flux", "chroma", "qwen"]
+FAMILIES = ["flux", "chroma", "qwen", "flux2", "zimage", "wan"]  # Flux.2, Z-Image where ComfyUI has the class
 BAND = 0.505  # in [tau, tau + delta] = [0.5, 0.515]: run once, then reuse
 
 
@@ -30,16 +30,16 @@ def _refs(pack, model):
 
 def _router_inputs(pack, model, block, run):
     """(router tokens, router conditioning) block `block` sees at its first call in run(m)."""
+    from tests.comfy import elastic as el
     adapter, refs = _refs(pack, model)
-    ref, got, m = refs[block], {}, model.clone()
+    ref, got = refs[block], {}
 
     def patch(args, extra):
         if not got:
             got["tokens"] = [t.clone() for t in adapter.router_tokens(ref, args)]
             got["cond"] = adapter.cond(ref, args).clone()
         return extra["original_block"](args)
-    m.set_model_patch_replace(patch, "dit", ref.hook, ref.index)
-    run(m)
+    run(el.patch_block(pack, model, ref, patch))
     return got["tokens"], got["cond"]
 
 
@@ -59,7 +59,7 @@ def _sampler(kind, tiny, model, batch=1, steps=4, cfg=3.5, positive=None):
     from tests.comfy import elastic as el
     lat = tiny.latent(kind, batch)
     noise = comfy.sample.prepare_noise(lat, 7)
-    ctx = model.get_model_object("diffusion_model").txt_in.in_features
+    ctx = tiny.context_dim(model)
     pos, neg = tiny.conds(kind, batch, seed=3, ctx=ctx)
     pos = pos if positive is None else positive(pos)
 
@@ -76,14 +76,14 @@ def _separate_calls(monkeypatch, model):
 
 def _block_calls(pack, model, run):
     """How many rows each call of block 0 got, in order (to check how ComfyUI batched)."""
-    _, refs = _refs(pack, model)
-    rows, m = [], model.clone()
+    from tests.comfy import elastic as el
+    adapter, refs = _refs(pack, model)
+    rows = []
 
     def patch(args, extra):
-        rows.append(args["img"].shape[0])
+        rows.append(next(iter(adapter.streams(refs[0], args).values())).shape[0])
         return extra["original_block"](args)
-    m.set_model_patch_replace(patch, "dit", refs[0].hook, refs[0].index)
-    run(m)
+    run(el.patch_block(pack, model, refs[0], patch))
     return rows
 
 
@@ -96,6 +96,7 @@ def _mixed_first_step(rec, block):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_batch_equals_each_sample_alone_when_rows_disagree(env, kind):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     run = _sampler(kind, tiny, model, batch=2)
     block = 1
@@ -114,6 +115,7 @@ def test_batch_equals_each_sample_alone_when_rows_disagree(env, kind):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_one_call_equals_cond_and_uncond_in_separate_calls(env, kind, monkeypatch):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     run = _sampler(kind, tiny, model)
     block = 1
@@ -141,6 +143,7 @@ def _two_positives(pos):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_conds_of_one_type_in_separate_calls_keep_their_own_cache(env, kind, monkeypatch):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     run = _sampler(kind, tiny, model, positive=_two_positives)
     ckpt = el.make_routers(pack, model)

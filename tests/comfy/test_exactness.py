@@ -1,8 +1,11 @@
-"""The patched model against the plain one, on tiny real Flux / Qwen-Image / Chroma models."""
+"""The patched model against the plain one, on tiny real Flux / Qwen-Image / Chroma / Flux.2 models
+(Flux.2 only where ComfyUI has the class)."""
 import pytest
 import torch
 
-KINDS = ["flux", "qwen", "chroma"]
+from tests.comfy.width_ref import zero_fused_single_block_beyond, zero_mlp_beyond
+
+KINDS = ["flux", "qwen", "chroma", "flux2", "flux2_klein"]
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +17,7 @@ def env(comfy):
 @pytest.mark.parametrize("kind", KINDS)
 def test_open_full_width_no_cache_identical(env, kind):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     ref = tiny.sample(model, kind)
     patched = el.apply(nodes, model, el.make_routers(pack, model), cache=False)
@@ -26,6 +30,7 @@ def test_open_full_width_no_cache_identical(env, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_skipped_blocks_equal_identity_blocks(env, kind):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     ckpt = el.make_routers(pack, model)
     refs = pack.nodes.adapters.adapter_for(model.get_model_object("diffusion_model")).blocks(
@@ -42,23 +47,19 @@ def test_skipped_blocks_equal_identity_blocks(env, kind):
 def _zero_beyond(dm, path: str, k: int, kind: str, fused: bool):
     blk = dm.get_submodule(path)
     with torch.no_grad():
-        if fused:  # Flux single: linear1 rows [3D + k:], linear2 cols [D + k:]
-            d = blk.linear2.weight.shape[0]
-            blk.linear1.weight[3 * d + k:] = 0
-            blk.linear1.bias[3 * d + k:] = 0
-            blk.linear2.weight[:, d + k:] = 0
+        if fused:  # Flux single: linear1 rows [3D + k:] (gated: of both halves), linear2 cols [D + k:]
+            zero_fused_single_block_beyond(blk, k)
             return
         mlps = [blk.img_mlp.net] if kind == "qwen" else [blk.img_mlp, blk.txt_mlp]
-        for mlp in mlps:
-            fc1 = mlp[0].proj if kind == "qwen" else mlp[0]
-            fc1.weight[k:] = 0
-            fc1.bias[k:] = 0
-            mlp[2].weight[:, k:] = 0
+        for mlp in mlps:  # Flux.2: Linear(D, 2M) = [gate; up], both halves cut
+            zero_mlp_beyond(mlp[0].proj if kind == "qwen" else mlp[0], mlp[2], k)
 
 
-@pytest.mark.parametrize("kind,block", [("flux", 0), ("flux", 3), ("qwen", 1), ("chroma", 2)])
+@pytest.mark.parametrize("kind,block", [("flux", 0), ("flux", 3), ("qwen", 1), ("chroma", 2), ("flux2", 0),
+                                        ("flux2", 3), ("flux2_klein", 2)])
 def test_quarter_width_equals_zeroed_hidden_channels(env, kind, block):
     nodes, pack, tiny, el = env
+    el.need(kind)
     model = tiny.build(kind)
     ckpt = el.make_routers(pack, model)
     el.force(ckpt.routers[block], width_idx=0)

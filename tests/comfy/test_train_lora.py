@@ -39,7 +39,7 @@ def _model(tiny, kind="flux", **cfg):
 
 
 def _inputs(tiny, model, kind="flux"):
-    ctx = model.get_model_object("diffusion_model").txt_in.in_features
+    ctx = tiny.context_dim(model)
     with torch.inference_mode():
         pos, neg = tiny.conds(kind, 1, 0, 8, ctx)
         return pos, neg, {"samples": tiny.latent(kind, 1, 16)}
@@ -269,9 +269,10 @@ def test_bad_lora_input_is_refused_before_sampling(env):
     assert first.path.endswith("refuse.safetensors")
 
 
-@pytest.mark.parametrize("kind", ["qwen", "chroma"])
+@pytest.mark.parametrize("kind", ["qwen", "chroma", "flux2", "zimage", "wan"])
 def test_other_families_train_a_lora_the_core_loader_maps(env, kind):
     nodes, pack, tiny, el, loras_dir = env
+    el.need(kind)
     model = _model(tiny, kind)
     pos, neg, lat = _inputs(tiny, model, kind)
     ckpt, out_model = _train(nodes, model, pos, lat, filename=f"lora {kind}", steps=4, negative=neg, cfg=2.0,

@@ -25,7 +25,7 @@ def _model(tiny, kind="flux"):
 
 
 def _inputs(tiny, model, kind="flux"):
-    ctx = model.get_model_object("diffusion_model").txt_in.in_features
+    ctx = tiny.context_dim(model)
     with torch.inference_mode():
         pos, neg = tiny.conds(kind, 1, 0, 8, ctx)
         lat = {"samples": tiny.latent(kind, 1, 16)}
@@ -126,13 +126,14 @@ def test_never_overwrites_and_refuses_bad_input_before_sampling(env):
     assert calls == []  # nothing sampled before the errors
 
 
-@pytest.mark.parametrize("kind", ["qwen", "chroma"])
+@pytest.mark.parametrize("kind", ["qwen", "chroma", "flux2", "zimage", "wan"])
 def test_other_families_train(env, kind):
     nodes, pack, tiny, el, routers_dir = env
+    el.need(kind)
     model = _model(tiny, kind)
     pos, neg, lat = _inputs(tiny, model, kind)
     ckpt = _train(nodes, model, pos, lat, filename=f"tiny {kind}", steps=25, negative=neg, cfg=2.0)
-    assert ckpt.meta.family == {"qwen": "qwen_image"}.get(kind, kind)
+    assert ckpt.meta.family == {"qwen": "qwen_image", "zimage": "z_image"}.get(kind, kind)
     tot, out = _executed(el, nodes, model, ckpt, kind)
     assert tot["executed_fraction"] < 0.95 and torch.isfinite(out).all()
 

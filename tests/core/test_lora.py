@@ -29,10 +29,10 @@ def test_targets_are_attention_and_mlp_linears_not_modulation():
     assert "blocks.0.img_qkv" in names and "blocks.1.txt_proj" in names and "blocks.0.img_mlp.2" in names
     assert not any("mod" in n for n in names) and len(names) == 2 * 8
     for n in ("double_blocks.0.img_mod.lin", "single_blocks.3.modulation.lin", "transformer_blocks.0.txt_mod.1",
-              "blocks.2.mod"):
+              "blocks.2.mod", "layers.4.adaLN_modulation.0"):
         assert not adapted(n), n
     for n in ("double_blocks.0.img_attn.qkv", "single_blocks.0.linear1", "transformer_blocks.0.attn.to_out.0",
-              "transformer_blocks.0.img_mlp.net.0.proj"):
+              "transformer_blocks.0.img_mlp.net.0.proj", "layers.4.attention.qkv", "layers.4.feed_forward.w3"):
         assert adapted(n), n
 
 
