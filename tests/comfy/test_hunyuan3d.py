@@ -309,6 +309,6 @@ def test_workflow_runs_image_to_mesh_through_apply():
     for dst, name, src in chain:
         assert into.get((by_type[dst], name)) == src, (dst, name, into.get((by_type[dst], name)))
     apply = nodes[by_type["ElasticDiTApply"]]
-    assert apply["widgets_values"][-2] == "sliders" and apply["widgets_values"][:3] == [0.5, 0.15, 5]
+    assert apply["widgets_values"][8] == "sliders" and apply["widgets_values"][:3] == [0.5, 0.15, 5]
     assert nodes[by_type["KSampler"]]["widgets_values"][3] > 1.0, "Hunyuan3D 2.1 needs cfg > 1 before ComfyUI 0.33"
     assert any(n["type"] == "Note" for n in wf["nodes"])
