@@ -2,7 +2,8 @@
 
 ComfyUI's template browser shows `<pack>/workflows/<name>.json` with the picture `<name>.jpg` beside it.
 Each thumbnail is a short title over the gate heatmap of a real elastic run of the workflow's own model
-family at its real block count (Qwen-Image 60 blocks, Flux.1 19 + 38, Hunyuan3D 2.1 21): ComfyUI's own
+family at its real block count (Qwen-Image 60 blocks, Qwen-Image-Edit = Qwen-Image's 60 with a reference
+latent, Flux.1 19 + 38, Flux.2-dev 8 + 48, Z-Image 30, Wan 2.1 1.3B 30, Hunyuan3D 2.1 21): ComfyUI's own
 model class, tiny width and random weights, random routers (no real weights ship), sampled through
 comfy.sample with Apply Elastic DiT's hooks. From a git checkout, with a ComfyUI's Python:
 
@@ -28,9 +29,19 @@ WORKFLOWS = {
     "flux-dev-train-router": ("FLUX.1-dev: train routers, then sample", "flux", 4),
     "flux-dev-train-router-lora": ("FLUX.1-dev: train routers and a LoRA", "flux", 5),
     "hunyuan3d-elastic": ("Hunyuan3D 2.1: image to 3D mesh", "hunyuan3d21", 6),
+    "flux2-elastic": ("FLUX.2-dev with a router file", "flux2", 7),
+    "z-image-elastic": ("Z-Image with a router file", "zimage", 8),
+    "qwen-image-edit-elastic": ("Qwen-Image-Edit with a router file", "qwen_edit", 9),
+    "wan-elastic": ("Wan 2.1 text to video, elastic", "wan", 10),
 }
 FAMILY = {"qwen": "Qwen-Image, 60 blocks", "flux": "Flux.1, 19 + 38 blocks",
-          "hunyuan3d21": "Hunyuan3D 2.1, 21 blocks"}
+          "hunyuan3d21": "Hunyuan3D 2.1, 21 blocks", "flux2": "Flux.2-dev, 8 + 48 blocks",
+          "zimage": "Z-Image, 30 layers", "qwen_edit": "Qwen-Edit, 60 blocks + ref",
+          "wan": "Wan 2.1 1.3B, 30 blocks"}
+# family -> (tiny_models kind, its real depth in tiny_models' dims); hunyuan3d21 is built by build_3d
+DEPTH = {"qwen": ("qwen", {"layers": 60}), "qwen_edit": ("qwen", {"layers": 60}),
+         "flux": ("flux", {"depth": 19, "single": 38}), "flux2": ("flux2", {"depth": 8, "single": 48}),
+         "zimage": ("zimage", {"layers": 30}), "wan": ("wan", {"layers": 30})}
 
 
 def record_of(pack, family: str, seed: int, steps: int = 20):
@@ -41,7 +52,8 @@ def record_of(pack, family: str, seed: int, steps: int = 20):
     if family == "hunyuan3d21":
         model = tiny.build_3d("hunyuan3d21", seed=seed, depth=21, moe=6)
     else:
-        model = tiny.build(family, seed=seed, **({"layers": 60} if family == "qwen" else {"depth": 19, "single": 38}))
+        kind, dims = DEPTH[family]
+        model = tiny.build(kind, seed=seed, **dims)
     ckpt = tiny.make_routers(pack, model, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # random routers: some blocks closed, some open, some near tau, moving with the input
@@ -53,9 +65,26 @@ def record_of(pack, family: str, seed: int, steps: int = 20):
     patched = pack.nodes.patch.apply_elastic(model, ckpt, pack.elastic_core.policy.Policy(config))
     if family == "hunyuan3d21":
         tiny.sample_3d(patched, cfg=3.0, steps=steps, seed=seed)
+    elif family == "qwen_edit":
+        sample_edit(tiny, patched, steps, seed)
     else:
-        tiny.sample(patched, family, cfg=3.0, steps=steps, seed=seed)
+        tiny.sample(patched, DEPTH[family][0], cfg=3.0, steps=steps, seed=seed)
     return patched.model_options["transformer_options"][pack.nodes.patch.HOLDER_KEY].last_record
+
+
+def sample_edit(tiny, model, steps: int, seed: int):
+    """Qwen-Image-Edit as ComfyUI runs it: Qwen-Image with a reference latent [1, 16, 1, 16, 16] in both
+    conditionings (2509's "index" method: its tokens join the image stream after the noisy image's)."""
+    import comfy.sample
+    import torch
+    lat = tiny.latent("qwen")  # [1, 16, 1, 16, 16]
+    pos, neg = tiny.conds("qwen", seed=seed, ctx=tiny.context_dim(model))
+    ref = torch.randn(lat.shape, generator=torch.Generator().manual_seed(seed + 100))
+    for c in (pos, neg):
+        c[0][1].update(reference_latents=[ref], reference_latents_method="index")
+    noise = comfy.sample.prepare_noise(lat, seed)
+    return comfy.sample.sample(model, noise, steps, 3.0, "euler", "simple", pos, neg, lat, seed=seed,
+                               disable_pbar=True)
 
 
 def thumbnail(pack, title: str, family: str, record):
