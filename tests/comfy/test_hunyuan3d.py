@@ -273,7 +273,7 @@ def test_train_router_on_the_3d_latent(env, kind, tmp_path_factory):
         ckpt = node.train(model, pos, lat, steps=12, learning_rate=0.1, rho_g=0.3, rho_w=0.5, filename=f"tiny {kind}",
                           seed=0, negative=neg, cfg=2.0, sampling_steps=4, teacher_runs=1)[0]
     assert ckpt.meta.family == FAMILY[kind] and os.path.dirname(ckpt.path) == str(routers_dir)
-    init = el.make_routers(pack, model).routers.state_dict()
+    init = el.make_routers(pack, model, layout=ckpt.meta.router.layout).routers.state_dict()
     assert any(not torch.allclose(init[k], v) for k, v in ckpt.routers.state_dict().items())
     patched = el.apply(nodes, model, ckpt, delta=0.0, cache=False)
     with torch.inference_mode():
