@@ -335,6 +335,19 @@ class TrainLoop:
                 self.save()
 
 
+def training_flag(value: bool) -> bool:
+    """Set ComfyUI's own "a training loop is running" flag (`comfy.model_management.in_training`, which
+    its Train LoRA node sets the same way) -> its previous value. With it set, models take their
+    differentiable paths: ComfyUI >= 0.3x's Lumina / Z-Image attention, for one, otherwise calls a fused
+    comfy-kitchen RMSNorm+RoPE op that has no backward. ComfyUI versions without the flag: a no-op."""
+    mm = comfy.model_management
+    if not hasattr(mm, "in_training"):
+        return value
+    was = bool(mm.in_training)
+    mm.in_training = value
+    return was
+
+
 def run_student(job: TrainJob, loop: TrainLoop) -> None:
     """The student: a clone of the model with the training hooks, called through ComfyUI's own guider
     (cond processing, CFG, model loading) by a sampler whose sample() is the training loop."""
@@ -356,9 +369,11 @@ def run_student(job: TrainJob, loop: TrainLoop) -> None:
         guider.set_conds(job.positive, job.negative)
         guider.set_cfg(job.cfg)
         sigmas = torch.tensor([float(loop.teacher.sigma.max()), 0.0])
+        was_training = training_flag(True)
         try:
             guider.sample(torch.zeros_like(lat), lat, TrainSampler(loop), sigmas, seed=job.seed, disable_pbar=True)
         finally:
+            training_flag(was_training)
             loop.routers.to("cpu").requires_grad_(False)
             if loop.lora is not None:
                 loop.lora.to("cpu").requires_grad_(False)

@@ -134,6 +134,8 @@ def test_other_families_train(env, kind):
     pos, neg, lat = _inputs(tiny, model, kind)
     ckpt = _train(nodes, model, pos, lat, filename=f"tiny {kind}", steps=25, negative=neg, cfg=2.0)
     assert ckpt.meta.family == {"qwen": "qwen_image", "zimage": "z_image"}.get(kind, kind)
+    import comfy.model_management
+    assert not getattr(comfy.model_management, "in_training", False)  # ComfyUI's training flag restored
     tot, out = _executed(el, nodes, model, ckpt, kind)
     assert tot["executed_fraction"] < 0.95 and torch.isfinite(out).all()
 
