@@ -22,8 +22,9 @@ from .model import ToyDiT
 from .variants import Budget
 from .world import fit
 
-TARGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
+TARGETS = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
 MATCH = 0.5  # the compute level of the matched comparison (issue targets)
+LOW = 0.2  # the low-compute regime, where E-DiT with fewer steps is read against its plans at those steps
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Bench:
         out = []
         for target in targets or self.size.targets:
             k = interpolate_knob(seen, target, log)
-            for _ in range(self.size.refine if target == MATCH else 0):
+            for _ in range(self.size.refine if target in (MATCH, LOW) else 0):
                 seen.append((k, self.calib_compute(lambda s: run_knob(s, k))))
                 k = interpolate_knob(seen, target, log)
             out.append((target, k))

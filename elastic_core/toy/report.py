@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from . import suite as S
-from .benchmark import MATCH, SIZES, Bench, at_compute, frontier
+from .benchmark import LOW, MATCH, SIZES, Bench, at_compute, frontier
 from .metrics import db
 from .pipeline import DIT_FILE, load_dit, load_toy_routers
 from .training import OBJECTIVES
@@ -48,9 +48,12 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     best = max(objectives, key=lambda o: _score(c[EDIT.format(o)]))
     res["best_objective"] = best
     c["random plan"], c["fixed plan"] = S.control_curves(b, variants[best], cfgs[best], c[EDIT.format(best)], outs[best])
-    for n in sz.fewer:
-        c[f"E-DiT ({best}) at {n} steps"], _ = S.edit_curve(b, variants[best], cfgs[best], f"E-DiT ({best}) at {n} steps",
-                                                            n)
+    for n in sz.fewer:  # E-DiT with fewer steps, and its own plans at those steps: is a win the routers'?
+        name = f"E-DiT ({best}) at {n} steps"
+        c[name], fewer_outs = S.edit_curve(b, variants[best], cfgs[best], name, n)
+        c[f"random plan at {n} steps"], c[f"fixed plan at {n} steps"] = S.control_curves(
+            b, variants[best], cfgs[best], c[name], fewer_outs, steps=n)
+        progress(res)
     order = S.static_order(b)
     static_obj = best if best != "distill" else "anchored"
     c["static pruned (trained)"], c["static pruned (untrained)"] = S.static_curves(b, art, order, static_obj)
@@ -105,7 +108,28 @@ def finalize(res: dict) -> dict:
     """The matched table and the targets, from the curves (also for a result file written earlier)."""
     res["matched"] = {name: matched(pts) for name, pts in res["curves"].items()}
     res["targets"] = judge(res)
+    res["low_compute"] = low_compute(res)
     return res
+
+
+def low_compute(res: dict, xs: tuple[float, ...] = (0.15, LOW)) -> dict:
+    """At 15 % and 20 % compute: every curve read there, and per step count N the margin of E-DiT at N
+    steps over the better of its random and fixed plans at N steps (the routers' own share of a win
+    over fewer steps alone), on both measures. None where a curve does not reach x."""
+    c, best = res["curves"], res.get("best_objective")
+    out = {}
+    for x in xs:
+        rows = {name: matched(pts, x) for name, pts in c.items()}
+        rows = {k: v for k, v in rows.items() if v}
+        margins = {}
+        for name in c:
+            if best and name.startswith(EDIT.format(best) + " at "):
+                n = name.rsplit(" at ", 1)[1]  # "10 steps"
+                plans = [rows.get(f"{kind} plan at {n}") for kind in ("random", "fixed")]
+                if rows.get(name) and all(plans):
+                    margins[n] = {k: rows[name][k] - max(p[k] for p in plans) for k in ("psnr", "true_psnr")}
+        out[f"{x:g}"] = {"curves": rows, "routers_over_plans": margins}
+    return out
 
 
 def shipped_point(b: Bench, ckpt, base) -> dict:
@@ -191,12 +215,25 @@ def format_report(res: dict) -> str:
         lines.append(f"{name:<36} {db(x['psnr'])} {_range(*x['psnr_range'])} {x['ssim']:>6.3f} {db(x['true_psnr'])}   "
                      f"{db(near['psnr']).strip()} at {near['compute']:.1%}")
     lines += ["", "targets:"] + [_target_line(t, smoke) for t in res["targets"] if "target" in t]
+    lines += low_compute_lines(res.get("low_compute") or {})
     s = res["shipped"]
     lines.append(f"shipped routers at their defaults: compute {s['compute']:.1%}, PSNR {db(s['psnr']).strip()}, "
                  f"p within 0.05 of tau {s['near_tau']:.1%}")
     if smoke:
         lines += ["", SMOKE]
     return "\n".join(lines)
+
+
+def low_compute_lines(low: dict) -> list[str]:
+    """The low-compute table: true-render and reference PSNR per curve, then the routers' margins."""
+    lines = []
+    for x, tab in low.items():
+        lines += ["", f"at {float(x):.0%} compute (curves that reach it; true renders, then the dense reference):"]
+        for name, r in sorted(tab["curves"].items(), key=lambda kv: -kv[1]["true_psnr"]):
+            lines.append(f"  {name:<36} true {db(r['true_psnr'])}  ref {db(r['psnr'])}")
+        for n, m in tab["routers_over_plans"].items():
+            lines.append(f"  routers over the better plan at {n}: true {m['true_psnr']:+.2f} dB, ref {m['psnr']:+.2f} dB")
+    return lines
 
 
 def plot(res: dict, path: str) -> str:

@@ -7,7 +7,7 @@
   static pruned (untrained)   the same blocks removed, no training (a weaker form, for reference)
   E-DiT <objective>           routers (and backbone) trained per objective; tau set per target
   random / fixed plan         E-DiT's per-(step, block) action rates without its routers (controls)
-  E-DiT at N steps            E-DiT combined with fewer steps
+  E-DiT at N steps            E-DiT combined with fewer steps, with random / fixed plans at N steps
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..config import ElasticConfig
 from . import methods as M
 from .baselines import action_rates, fixed_plan, greedy_drop, random_plan
-from .benchmark import MATCH, Bench
+from .benchmark import LOW, MATCH, Bench
 from .variants import Artifacts, Variant
 
 TAU_GRID = [0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95, 0.98, 1.0]
@@ -47,12 +47,12 @@ def fbcache_curve(b: Bench) -> tuple[list[dict], dict]:
     return pts, {"cap": cap, "start": start}
 
 
-def teacache_curve(b: Bench) -> tuple[list[dict], dict]:
+def teacache_curve(b: Bench, targets: tuple[float, ...] | None = None) -> tuple[list[dict], dict]:
     ref = b.size.ref_steps
     poly = M.teacache_fit(b.base, b.calib, ref)
     b.log(f"TeaCache: rescale polynomial {np.round(poly, 4).tolist()} (fitted on calibration scenes)")
     pts, _ = b.curve("TeaCache", lambda s, th: M.teacache(b.base, s, ref, ref, th, poly), TEA_GRID, True,
-                     knob_name="threshold")
+                     targets, knob_name="threshold")
     return pts, {"poly": poly}
 
 
@@ -98,11 +98,13 @@ def edit_settings(b: Bench, v: Variant, config: ElasticConfig) -> ElasticConfig:
     return best
 
 
-def edit_curve(b: Bench, v: Variant, config: ElasticConfig, name: str, steps: int | None = None):
-    """E-DiT with routers `v` at `steps` (default the reference), tau set per target compute."""
+def edit_curve(b: Bench, v: Variant, config: ElasticConfig, name: str, steps: int | None = None,
+               targets: tuple[float, ...] | None = None):
+    """E-DiT with routers `v` at `steps` (default the reference), tau set per target compute (those
+    of the size, or `targets`, that `steps` can reach)."""
     ref = b.size.ref_steps
     n = steps or ref
-    targets = tuple(t for t in b.size.targets if t < n / ref + 0.02)
+    targets = tuple(t for t in (targets or b.size.targets) if t < n / ref + 0.02)
     pts, outs = b.curve(name, lambda s, tau: M.elastic(v.model, v.routers, config.with_(tau=tau), s, n, ref),
                         TAU_GRID, False, targets, knob_name="tau")
     for p, o in zip(pts, outs):
@@ -119,20 +121,23 @@ def gate_stats(records, config: ElasticConfig) -> dict:
             "reused": float(np.mean(acts == 1)), "ran": float(np.mean(acts == 2))}
 
 
-def control_curves(b: Bench, v: Variant, config: ElasticConfig, pts: list[dict], outs) -> tuple[list, list]:
-    """Random and fixed plans at the action rates of each E-DiT point."""
+def control_curves(b: Bench, v: Variant, config: ElasticConfig, pts: list[dict], outs,
+                   steps: int | None = None) -> tuple[list, list]:
+    """Random and fixed plans at the action rates of each E-DiT point, at E-DiT's step count."""
     ref, widths = b.size.ref_steps, v.routers.config.widths
+    n = steps or ref
+    at = "" if n == ref else f" at {n} steps"
     rnd, fix = [], []
     for p, o in zip(pts, outs):
-        acts, wid = action_rates([x.record for x in o], ref, len(v.model.blocks), widths)
+        acts, wid = action_rates([x.record for x in o], n, len(v.model.blocks), widths)
         cfg = config.with_(tau=p["tau"])
-        seeds = range(b.size.random_seeds if p["target"] == MATCH else 1)
+        seeds = range(b.size.random_seeds if p["target"] in (MATCH, LOW) else 1)
         for seed in seeds:
-            rnd.append(b.measure("random plan at E-DiT's rates", lambda s, seed=seed: M.elastic(
-                v.model, v.routers, cfg, s, ref, ref, random_plan(acts, wid, widths, seed)), seed=seed,
-                target=p["target"])[0])
-        fix.append(b.measure("fixed plan at E-DiT's rates", lambda s: M.elastic(
-            v.model, v.routers, cfg, s, ref, ref, fixed_plan(acts, wid, widths)), target=p["target"])[0])
+            rnd.append(b.measure(f"random plan{at}", lambda s, seed=seed: M.elastic(
+                v.model, v.routers, cfg, s, n, ref, random_plan(acts, wid, widths, seed)), seed=seed,
+                target=p["target"], steps=n)[0])
+        fix.append(b.measure(f"fixed plan{at}", lambda s: M.elastic(
+            v.model, v.routers, cfg, s, n, ref, fixed_plan(acts, wid, widths)), target=p["target"], steps=n)[0])
     return rnd, fix
 
 

@@ -90,6 +90,13 @@ def test_quick_benchmark_measures_every_method(tmp_path):
         assert c[name], name
         for p in c[name]:
             assert 0.0 < p["compute"] <= 1.1 and p["psnr_range"][0] <= p["psnr"] <= p["psnr_range"][1], (name, p)
+    n = r["best_objective"]
+    fewer = c[f"E-DiT ({n}) at 2 steps"]  # quick: E-DiT at 2 of 3 steps, and its plans at 2 steps as controls
+    for name in ("random plan at 2 steps", "fixed plan at 2 steps"):
+        assert [p["steps"] for p in c[name]] == [2] * len(fewer) and [p["target"] for p in c[name]] == \
+            [p["target"] for p in fewer], name
+        assert c[name][0]["compute"] <= 2 / 3 * 1.1, name
+    assert set(r["low_compute"]) == {"0.15", "0.2"}
     static = c["static pruned (trained)"][0]
     assert static["compute"] == pytest.approx((12 - len(static["removed"])) / 12)
     assert r["matched"]["dense, fewer steps"] is not None and len(r["targets"]) == 6
