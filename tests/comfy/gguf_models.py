@@ -72,7 +72,8 @@ def load_gguf_model(nodes, gguf_mod, path: str, kind: str, unet_config: dict | N
     of a Qwen-Image or Flux state dict and fills in the real width (24 heads of 128), so a tiny model
     cannot be detected; it is built from its config with the same three steps as
     UnetLoaderGGUF.load_unet: ComfyUI-GGUF's GGMLOps as the model's operations, the weights its reader
-    returns (GGMLTensors), and its GGUFModelPatcher."""
+    returns (GGMLTensors), and its GGUFModelPatcher. test_gguf.py checks on a real-width one-block
+    Qwen-Image that this gives exactly what UnetLoaderGGUF itself gives."""
     import comfy.model_patcher
     from devtools import tiny_models as tm
     pkg = gguf_mod.__name__.rsplit(".", 1)[0]

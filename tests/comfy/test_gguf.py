@@ -1,6 +1,8 @@
 """GGUF models (city96's ComfyUI-GGUF): Apply on a Q8_0 / Q4_0 model gives what the same plan gives on
 the dequantized weights (skip, width, cache, routers + LoRA, the released routers with their MLP
-activation), and the user's GGUF model is unchanged.
+activation), and the user's GGUF model is unchanged. The tiny models go through a loader that repeats
+UnetLoaderGGUF's steps (ComfyUI cannot detect a tiny width); one real-width test shows that loader gives
+exactly what UnetLoaderGGUF itself gives, dense and under Apply.
 
 Width slicing reads the weight each layer's own `cast_bias_weight` returns (ComfyUI-GGUF dequantizes the
 whole weight and applies its LoRA patches there), so nothing here may slice the raw quantized bytes.
@@ -102,3 +104,43 @@ def test_gguf_equals_dequantized(env, kind, qtype, lora):
     assert torch.equal(tiny.sample(user, kind, steps=3), before), "the user's GGUF model changed"
     if released:
         assert ckpt.meta.mlp_activation == "quick_gelu"
+
+
+REAL_QWEN = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=1,
+                 attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56))
+
+
+def test_unet_loader_gguf_itself_equals_the_tiny_models_loader(env):
+    """UnetLoaderGGUF, as a user runs it, on a one-block Qwen-Image at the real width (ComfyUI's model
+    detection reads only the depth, so only the real width is detected; 0.36 B parameters, Q4_0): the
+    model it returns gives, dense and under Apply (the one block at 1/4 width, sliced from the GGUF
+    weight), exactly what the loader the tiny tests use (`gguf_models.load_gguf_model`) gives, and stays
+    unchanged. That makes the tiny tests' loader a faithful stand-in for UnetLoaderGGUF."""
+    import folder_paths
+    from devtools import tiny_models as tm
+    from tests.comfy import elastic as el
+    from tests.comfy import tiny
+    (nodes, pack), mod, folder = env
+    unet_dir = os.path.join(folder, "unet")
+    os.makedirs(unet_dir, exist_ok=True)
+    base = tm.build_from_config("qwen", REAL_QWEN, seed=1, std=0.02)
+    path = gm.write_gguf(os.path.join(unet_dir, "real-width-qwen-Q4_0.gguf"),
+                         base.get_model_object("diffusion_model").state_dict(), "qwen", "Q4_0")
+    del base
+    folder_paths.add_model_folder_path("unet", unet_dir)
+    user = nodes.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet(os.path.basename(path))[0]
+    assert type(user.model).__name__ == "QwenImage" and len(user.get_model_object("diffusion_model").transformer_blocks) == 1
+    replica = gm.load_gguf_model(nodes, mod, path, "qwen", REAL_QWEN)
+    kw = dict(steps=2, size=8, tokens=4)
+    before = tiny.sample(user, "qwen", **kw)
+    assert torch.equal(tiny.sample(replica, "qwen", **kw), before)
+    ckpt = el.make_routers(pack, user, seed=2, layout="compact")
+    el.force(ckpt.routers[0], p=0.99, width_idx=0)
+    outs, recs = [], []
+    for m in (user, replica):
+        patched = el.apply(nodes, m, ckpt, cache_start_percent=0.0)
+        outs.append(tiny.sample(patched, "qwen", **kw))
+        recs.append(el.last_record(patched))
+    assert recs[0].events == recs[1].events and set(recs[0].events["width"]) == {0.25}
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], before)
+    assert torch.equal(tiny.sample(user, "qwen", **kw), before), "the user's GGUF model changed"
