@@ -3,7 +3,11 @@
 ComfyUI-GGUF lives beside the project: $ELASTIC_DIT_COMFYUI_GGUF_PATH, else ~/comfy/ComfyUI-GGUF.
 It is loaded as ComfyUI loads any custom node pack (nodes.load_custom_node). The files are written with
 the `gguf` package (on the registry; .ci/comfy-tests installs it): Q8_0 and Q4_0, which it quantizes in
-numpy. It has no quantizer for K-quants (Q4_K ...), so those are not tested.
+numpy. It has no quantizer for K-quants, and a hand-written one is no test of anything; the tests compare
+against the weights ComfyUI-GGUF dequantizes, so a K-quant tensor need not hold a quantized matrix at all.
+Its Q4_K / Q6_K tensors hold random blocks: random bytes (every 4- or 6-bit code and packed sub-block
+scale is valid) with each block's fp16 super-scale set to a finite size, which ComfyUI-GGUF reads and
+dequantizes as it does any Q4_K / Q6_K file (Q4_K_M, the common Qwen-Image / Flux download, is these two).
 """
 from __future__ import annotations
 
@@ -16,6 +20,11 @@ import torch
 
 ENV = "ELASTIC_DIT_COMFYUI_GGUF_PATH"
 QTYPES = ("Q8_0", "Q4_0")
+K_QUANTS = ("Q4_K", "Q6_K")
+# fp16 super-scales of a random block, set so the dequantized weights have a std of about 0.05:
+# Q4_K: w = d * sc * q - dmin * m (sc, m 6-bit, q 4-bit; bytes 0-1 d, 2-3 dmin); Q6_K: w = d * sc * (q - 32)
+# (sc int8, q 6-bit; bytes 208-209 d)
+K_SCALES = {"Q4_K": {0: 2e-4, 2: 1.5e-3}, "Q6_K": {208: 3.6e-5}}
 ARCH = {"qwen": "qwen_image", "flux": "flux"}
 
 
@@ -46,10 +55,11 @@ def write_gguf(path: str, state: dict[str, torch.Tensor], kind: str, qtype: str)
     q = getattr(gguf.GGMLQuantizationType, qtype)
     block = gguf.GGML_QUANT_SIZES[q][0]
     w = gguf.GGUFWriter(path, arch=ARCH[kind])
-    for key, t in state.items():
+    for i, (key, t) in enumerate(state.items()):
         a = t.detach().float().cpu().numpy()
         if a.ndim == 2 and a.shape[1] % block == 0 and a.shape[0] > 1:
-            w.add_tensor(key, gguf.quants.quantize(a, q), raw_dtype=q)  # bytes [rows, blocks * size]
+            data = random_k_blocks(a.shape, qtype, seed=i) if qtype in K_QUANTS else gguf.quants.quantize(a, q)
+            w.add_tensor(key, data, raw_dtype=q)  # bytes [rows, blocks * size]
         else:
             w.add_tensor(key, np.ascontiguousarray(a, dtype=np.float32))
     w.write_header_to_file()
@@ -57,6 +67,17 @@ def write_gguf(path: str, state: dict[str, torch.Tensor], kind: str, qtype: str)
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def random_k_blocks(shape: tuple[int, int], qtype: str, seed: int) -> np.ndarray:
+    """Random `qtype` blocks for a [rows, cols] weight. -> bytes [rows, cols / 256 * block bytes]"""
+    import gguf
+    block, size = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, qtype)]
+    rows, blocks = shape[0], shape[1] // block
+    data = np.random.default_rng(seed).integers(0, 256, (rows, blocks, size), dtype=np.uint8)
+    for at, scale in K_SCALES[qtype].items():
+        data[:, :, at:at + 2] = np.full((rows, blocks, 1), scale, dtype=np.float16).view(np.uint8)
+    return data.reshape(rows, blocks * size)
 
 
 def dequantized_state(gguf_mod, path: str) -> dict[str, torch.Tensor]:

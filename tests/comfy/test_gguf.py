@@ -15,7 +15,9 @@ import torch
 
 from tests.comfy import gguf_models as gm
 
-CASES = [(kind, q) for kind in ("qwen", "flux") for q in gm.QTYPES]
+CASES = [(kind, q) for kind in ("qwen", "flux") for q in gm.QTYPES] + [("qwen", "Q4_K"), ("flux", "Q4_K"), ("qwen", "Q6_K")]
+# K-quants come in 256-value blocks: their tiny models are 256 wide (2 heads of 128), so most matrices are K-quants
+WIDE = {"qwen": dict(attention_head_dim=128, axes_dims_rope=(16, 56, 56)), "flux": dict(hidden_size=256, axes_dim=[16, 56, 56])}
 LORA_KEYS = {"qwen": ["transformer_blocks.0.img_mlp.net.0.proj.weight", "transformer_blocks.2.txt_mlp.net.2.weight",
                       "transformer_blocks.1.attn.to_q.weight"],
              "flux": ["double_blocks.0.img_mlp.0.weight", "single_blocks.0.linear1.weight",
@@ -43,6 +45,8 @@ def _models(env, kind, qtype):
     from devtools import tiny_models as tm
     (nodes, _), mod, folder = env
     cfg = tm.qwen_config(layers=4) if kind == "qwen" else tm.flux_config()
+    if qtype in gm.K_QUANTS:
+        cfg = {**cfg, **WIDE[kind]}
     base = tm.build_from_config(kind, cfg, seed=1)
     path = gm.write_gguf(os.path.join(folder, f"tiny-{kind}-{qtype}.gguf"),
                          base.get_model_object("diffusion_model").state_dict(), kind, qtype)
@@ -85,6 +89,9 @@ def test_gguf_equals_dequantized(env, kind, qtype, lora):
     from tests.comfy import tiny
     (nodes, pack), _, folder = env
     user, plain = _models(env, kind, qtype)
+    import gguf
+    held = [p.tensor_type for p in user.get_model_object("diffusion_model").parameters() if hasattr(p, "tensor_type")]
+    assert held.count(getattr(gguf.GGMLQuantizationType, qtype)) >= 8, held  # the MLPs and attention are qtype
     before = tiny.sample(user, kind, steps=3)
     released = kind == "qwen" and lora  # the authors' routers + a LoRA: their activation runs on GGUF weights too
     ckpt = _routers(pack, plain, released, folder)
