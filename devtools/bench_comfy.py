@@ -2,11 +2,13 @@
 
 Real hidden width (D = 3072, 24 heads); depth and tokens reduced on a CPU, full size on a GPU. Both
 models sample the same steps through comfy.sample, alternately (dense, elastic, dense, ...), with a
-fixed decision plan (~40 % of blocks skipped, ~15 % reused, mean width 0.6). Reported: wall speedup,
+fixed decision plan at the paper's rates (PAPER_RATES: half the blocks skipped, 15 % reused, mean run
+width 0.6), on routers of the released layout so their cost counts. Reported: wall speedup,
 the FLOP-ideal speedup from the run record, their ratio (target >= 0.9), peak memory and cache bytes.
 Beside the plan, in the same process: E-DiT decisions from routers (released layout, random gate heads
 around tau, so they skip and run), the routers' share of that run's time (their calls timed by forward
-hooks), and ComfyUI's own EasyCache (one reuse threshold; not matched to the plan's compute). `--size
+hooks), and ComfyUI's own EasyCache at matched compute (its reuse threshold picked from a grid so
+that its share of block calls is nearest the plan's FLOP share). `--size
 gpu`: Qwen-Image 60 blocks and Flux 19 + 38 at D = 3072, bf16, 1024 x 1024 (4096 image tokens), CFG.
 
 usage: python devtools/bench_comfy.py [--comfyui PATH] [--size cpu|gpu|quick] [--out FILE]
@@ -32,6 +34,11 @@ SIZES = {  # per family: blocks and latent size (tokens = (latent / 2)^2)
     "quick": {"flux": dict(depth=1, single=2), "qwen": dict(layers=2), "latent": 16, "txt": 16, "steps": 4,
               "repeats": 1, "hidden": 256},
 }
+
+
+# The paper's settings for Qwen-Image E-DiT-turbo and FLUX.1-dev: rho_g 0.5 (the mean gate, read as the
+# share of blocks that run), rho_w 0.6 (plan_for's run widths average 0.6). It gives no reuse rate: 15 %.
+PAPER_RATES = dict(skip=0.5, reuse=0.15)
 
 
 class PeakRSS:
@@ -121,7 +128,8 @@ class RouterClock:
 
 
 def easycache(model, threshold: float = 0.2):
-    """ComfyUI's own EasyCache node on the model (a clone), or None where this ComfyUI has none."""
+    """ComfyUI's own EasyCache node on the model (a clone; its default window, 15-95 % of the steps), or
+    None where this ComfyUI has none."""
     try:
         node = importlib.import_module("comfy_extras.nodes_easycache").EasyCacheNode
     except (ImportError, AttributeError):
@@ -130,13 +138,42 @@ def easycache(model, threshold: float = 0.2):
     return out.result[0] if hasattr(out, "result") else out[0]
 
 
+EASYCACHE_GRID = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # reuse thresholds tried (the node allows 0-3)
+
+
+def block_calls(model, kind, args) -> int:
+    """How many times one sampling run calls the first transformer block (EasyCache skips whole steps)."""
+    from devtools import tiny_models as tiny
+    dm = model.get_model_object("diffusion_model")
+    first = (dm.double_blocks if kind == "flux" else dm.transformer_blocks)[0]
+    calls = []
+    h = first.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        tiny.sample(model, kind, **args)
+    finally:
+        h.remove()
+    return len(calls)
+
+
+def matched_easycache(model, kind, args, target: float):
+    """EasyCache at the threshold whose share of block calls (against dense) is nearest `target` (the
+    elastic plan's FLOP share). -> (model, threshold, share, every (threshold, share) tried) or None"""
+    if easycache(model) is None:
+        return None
+    dense, tried = block_calls(model, kind, args), []
+    for th in EASYCACHE_GRID:
+        tried.append((th, block_calls(easycache(model, th), kind, args) / dense))
+    th, share = min(tried, key=lambda x: (abs(x[1] - target), x[0]))
+    return easycache(model, th), th, share, tried
+
+
 def bench_family(kind, size, device, dtype, pack, nodes):
     from devtools import tiny_models as tiny
     model = build(kind, size, device, dtype)
     ckpt = tiny.make_routers(pack, model)
     ckpt.routers.to(dtype)
     n_blocks = len(ckpt.routers)
-    plan = importlib.import_module(pack.__name__ + ".elastic_core.bench").plan_for(size["steps"], n_blocks)
+    plan = importlib.import_module(pack.__name__ + ".elastic_core.bench").plan_for(size["steps"], n_blocks, **PAPER_RATES)
     cfg = pack.elastic_core.config.ElasticConfig(cache_start=0.0)
     plan_policy = pack.elastic_core.policy.PlanPolicy
     patched = pack.nodes.patch.apply_elastic(model, ckpt, plan_policy(cfg, plan))
@@ -148,7 +185,11 @@ def bench_family(kind, size, device, dtype, pack, nodes):
     args = dict(cfg=size.get("cfg", 1.0), steps=size["steps"], size=size["latent"], tokens=size["txt"], device=device,
                 dtype=dtype)
     models = [("dense", model), ("elastic", patched), ("outside", skip_all), ("routers", live)]
-    models += [("easycache", m) for m in [easycache(model)] if m is not None]
+    f = patched_flops(pack, patched, kind, args)
+    target = (f["exec_attn"] + f["exec_mlp"] + f["router"]) / (f["dense_attn"] + f["dense_mlp"])
+    ec = matched_easycache(model, kind, args, target)
+    if ec is not None:
+        models.append(("easycache", ec[0]))
     runs = {name: [] for name, _ in models}
     clock = RouterClock(live_ckpt.routers.routers, device)
     for r in range(size["repeats"] + 1):  # the first round warms up
@@ -170,7 +211,8 @@ def bench_family(kind, size, device, dtype, pack, nodes):
     del model, patched, skip_all, live
     extra = {"routers_s": t["routers"], "routers_speedup": t["dense"] / t["routers"], "routers_skipped": live_rec["skipped"],
              "routers_share": clock_share(runs["routers"], router_s), "per_step_s": {k: v / size["steps"] for k, v in t.items()},
-             "peak_mem": mem, "easycache_s": t.get("easycache"), "cfg": args["cfg"]}
+             "peak_mem": mem, "easycache_s": t.get("easycache"), "cfg": args["cfg"], "plan_compute": target,
+             "easycache_threshold": ec and ec[1], "easycache_compute": ec and ec[2], "easycache_tried": ec and ec[3]}
     return {**extra,"family": kind, "blocks": n_blocks, "img_tokens": (size["latent"] // 2) ** 2, "txt_tokens": size["txt"],
             "steps": size["steps"], "dense_s": t["dense"], "elastic_s": t["elastic"],
             "measured_speedup": t["dense"] / t["elastic"], "ideal_speedup": ideal,
@@ -178,6 +220,13 @@ def bench_family(kind, size, device, dtype, pack, nodes):
             "expected_elastic_s": expected, "efficiency_blocks": expected / t["elastic"], "skipped": tot["skipped"], "reused": tot["reused"],
             "mean_width": tot["mean_width"], "peak_mem_dense": mem["dense"], "peak_mem_elastic": mem["elastic"],
             "cache_bytes_peak": tot["cache_bytes_peak"]}
+
+
+def patched_flops(pack, patched, kind, args) -> dict:
+    """The FLOP counts of one run of the plan (a sampling run; its record's flops)."""
+    from devtools import tiny_models as tiny
+    tiny.sample(patched, kind, **args)
+    return patched.model_options["transformer_options"][pack.nodes.patch.HOLDER_KEY].last_record.flops
 
 
 def clock_share(runs, router_s: float) -> float:
@@ -230,7 +279,9 @@ def format_rows(r: dict) -> str:
                      f"{x['cache_bytes_peak'] / mib:>9.1f}")
         lines.append(f"{'':8} plan: skipped {x['skipped']:.0%}, reused {x['reused']:.0%}, mean width "
                      f"{x['mean_width']:.2f}; target ratio >= 0.9")
-        ec = "n/a" if x.get("easycache_s") is None else f"{x['dense_s'] / x['easycache_s']:.2f}x"
+        ec = "n/a" if x.get("easycache_s") is None else (
+            f"{x['dense_s'] / x['easycache_s']:.2f}x at threshold {x['easycache_threshold']} "
+            f"({x['easycache_compute']:.0%} of the block calls; the plan's FLOPs {x['plan_compute']:.0%})")
         lines.append(f"{'':8} routers deciding (random gates): {x['routers_speedup']:.2f}x, skipped "
                      f"{x['routers_skipped']:.0%}, routers {x['routers_share']:.1%} of its time; EasyCache: {ec}; "
                      f"per step dense {x['per_step_s']['dense'] * 1e3:.0f} ms, cfg {x['cfg']}")
