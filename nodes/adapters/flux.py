@@ -23,6 +23,19 @@ class UnsupportedLayout(ValueError):
     pass
 
 
+def mlp_refusal(dm, what: str, expected: str, why: str) -> str | None:
+    """Why a Flux-class model's MLPs cannot be cut as the family's (`expected`: "gelu" or "swiglu"), or None.
+    Flux.1 and Flux.2 share the check: separate gate / up / down projections (yak_mlp, e.g. Ovis), or
+    another MLP than the family's."""
+    if getattr(getattr(dm, "params", None), "yak_mlp", False):
+        return f"{what} with separate gate / up / down MLP projections (yak_mlp, e.g. Ovis), which Elastic DiT does not cut"
+    try:
+        kind = _mlp_kind(dm.double_blocks[0].img_mlp)
+    except UnsupportedLayout as e:
+        return str(e)
+    return None if kind == expected else f"{what} with a {kind} MLP, {why}"
+
+
 def _mlp_kind(seq: nn.Module) -> str:
     """'gelu' for Linear -> GELU -> Linear, 'swiglu' for Linear(D, 2M) -> SiLU-gate -> Linear (Flux2)."""
     if isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[0], nn.Linear) and isinstance(seq[2], nn.Linear):
@@ -48,13 +61,7 @@ class FluxAdapter(FamilyAdapter):
 
     def refusal(self, dm) -> str | None:
         """Ovis shares this class (`yak_mlp`: separate gate / up / down MLP projections)."""
-        if getattr(getattr(dm, "params", None), "yak_mlp", False):
-            return "a Flux-type model with separate gate / up / down MLP projections (yak_mlp, e.g. Ovis), which Elastic DiT does not cut"
-        try:
-            kind = _mlp_kind(dm.double_blocks[0].img_mlp)
-        except UnsupportedLayout as e:
-            return str(e)
-        return None if kind == "gelu" else f"a {kind} MLP, which Elastic DiT does not cut for Flux.1"
+        return mlp_refusal(dm, "a Flux-type model", "gelu", "which Elastic DiT does not cut for Flux.1")
 
     def _dims(self, dm) -> tuple[int, int, bool]:
         mlp = dm.double_blocks[0].img_mlp

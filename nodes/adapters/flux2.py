@@ -23,7 +23,7 @@ from __future__ import annotations
 import comfy.ldm.flux.model
 
 from .chroma import ChromaAdapter
-from .flux import UnsupportedLayout, _mlp_kind, global_modulation
+from .flux import global_modulation, mlp_refusal
 
 
 class Flux2Adapter(ChromaAdapter):
@@ -34,10 +34,4 @@ class Flux2Adapter(ChromaAdapter):
         return isinstance(dm, self.model_classes) and global_modulation(dm)
 
     def refusal(self, dm) -> str | None:
-        if getattr(dm.params, "yak_mlp", False):
-            return "a Flux.2-type model with separate gate / up / down MLP projections (yak_mlp), which Elastic DiT does not cut"
-        try:
-            kind = _mlp_kind(dm.double_blocks[0].img_mlp)
-        except UnsupportedLayout as e:
-            return str(e)
-        return None if kind == "swiglu" else f"a Flux.2-type model with a {kind} MLP (Flux.2 gates its MLPs)"
+        return mlp_refusal(dm, "a Flux.2-type model", "swiglu", "where Flux.2 gates its MLPs")
