@@ -83,6 +83,9 @@ def write_pair(folder: str, blocks: int, dim: int, delta_rank: int = 8, full: bo
     return base_p, rel_p, largest
 
 
+RSS_NOISE = 256 * 1024  # slack for the sampled RSS (see check); reading whole tensors adds ~6x the largest
+
+
 class _RssAnon:
     """Peak anonymous resident memory above the start, sampled every millisecond."""
 
@@ -163,13 +166,16 @@ def check(r: dict) -> list[str]:
     """The bounds a streamed conversion keeps (empty: all kept). Tensor data alive at once (the torch
     allocator's exact peak) under 2x the largest tensor: reading whole tensors (released + base + their
     float32 difference: 6x for bf16) would break it. The whole process (anonymous RSS) under that plus the
-    bookkeeping, which grows with the tensor count (headers: ~2 KB a tensor), not with their size."""
+    bookkeeping, which grows with the tensor count (headers: ~2 KB a tensor), not with their size, plus
+    RSS_NOISE: the sampled RSS of one small conversion moved by up to ~50 KB from run to run (allocator
+    arenas, the sampling thread), which at 2 blocks of width 128 is a quarter of the largest tensor."""
     bad = []
     if r["torch_x_largest"] > 2.0:
         bad.append(f"tensor data peak {r['torch_x_largest']:.2f}x the largest tensor; expected <= 2x")
-    allowed = 2 * r["largest_tensor"] + 4096 * r["tensors"]
+    allowed = 2 * r["largest_tensor"] + 4096 * r["tensors"] + RSS_NOISE
     if r["rss_anon"] > allowed:
-        bad.append(f"anonymous RSS peak {r['rss_anon']} B; expected <= {allowed} B (2x the largest tensor + 4 KiB a tensor)")
+        bad.append(f"anonymous RSS peak {r['rss_anon']} B; expected <= {allowed} B (2x the largest tensor + 4 KiB a "
+                   f"tensor + {RSS_NOISE // 1024} KiB of measurement noise)")
     return bad
 
 

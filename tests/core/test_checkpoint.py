@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from elastic_core import checkpoint as ck
+import elastic_core.st_file
 from elastic_core.checkpoint import (RELEASED_DEFAULTS, CheckpointError, RouterMeta, describe, has_released_routers,
                                      import_released, load_routers, save_routers)
 from elastic_core.config import ElasticConfig, RouterConfig
@@ -98,7 +99,7 @@ def reads(monkeypatch):
             keys.append(key)
             return self.inner.get_tensor(key)
 
-    monkeypatch.setattr(ck, "safe_open", Recording)
+    monkeypatch.setattr(elastic_core.st_file, "safe_open", Recording)  # where router files' tensors are read
     return keys
 
 
@@ -399,7 +400,7 @@ def test_bad_targets_refused(tmp_path, target):
 
 def test_header_over_the_safetensors_limit_says_so(tmp_path):
     path = tmp_path / "big.safetensors"
-    n = ck._MAX_HEADER + 8
+    n = elastic_core.st_file._MAX_HEADER + 8
     with open(path, "wb") as f:  # a sparse file larger than its header, so the size check passes
         f.write(struct.pack("<Q", n) + b"{")
         f.seek(n + 64)

@@ -154,7 +154,8 @@ def test_extract_skips_unchanged_tensors(tmp_path):
 
 def test_memory_of_a_conversion_stays_under_twice_the_largest_tensor(tmp_path):
     """In a fresh process, converting 2 Qwen-Image-layout blocks: the bounds of devtools.convert_memory.check
-    (tensor data alive at once under 2x the largest tensor; the process under that plus ~4 KiB a tensor).
+    (tensor data alive at once under 2x the largest tensor; the process under that plus ~4 KiB a tensor and
+    a fixed allowance for the sampled RSS noise).
     2 blocks, not 64: the torch profiler that measures the exact peak keeps a record of every operation,
     ~100 MB a block (64 blocks: 8 GB); `python -m devtools.convert_memory --blocks 64 --dim 128 --check` is
     the full-size benchmark (docs/checkpoints.md)."""
@@ -165,6 +166,15 @@ def test_memory_of_a_conversion_stays_under_twice_the_largest_tensor(tmp_path):
     r = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
     assert r["blocks"] == 2 and r["report"]["layers"] == 2 * 14
     assert not check(r) and "the memory bounds hold" in out.stdout
+
+
+def test_the_memory_check_catches_a_conversion_that_reads_whole_tensors():
+    """What reading released + base + their float32 difference whole would add (~6x the largest bf16
+    tensor) breaks both bounds at the test's size, noise allowance included."""
+    ok = {"torch_x_largest": 1.76, "largest_tensor": 196608, "tensors": 136, "rss_anon": 999424}
+    assert not check(ok)
+    whole = {**ok, "torch_x_largest": 6.0, "rss_anon": ok["rss_anon"] + 4 * ok["largest_tensor"]}
+    assert [b.split()[0] for b in check(whole)] == ["tensor", "anonymous"]
 
 
 def test_a_damaged_release_is_refused(tmp_path):
