@@ -24,6 +24,7 @@ from .world import fit
 
 TARGETS = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
 MATCH = 0.5  # the compute level of the matched comparison (issue targets)
+EPS = 1e-9  # computes this close are one compute (float sums of step shares)
 LOW = 0.2  # the low-compute regime, where E-DiT with fewer steps is read against its plans at those steps
 
 
@@ -141,8 +142,8 @@ def at_compute(points: list[dict], target: float = MATCH, key: str = "psnr") -> 
     """A curve's value at `target` compute, linear between the two points around it (None outside)."""
     pts = sorted((p["compute"], p[key]) for p in points)
     for (c0, v0), (c1, v1) in zip(pts, pts[1:]):
-        if c0 <= target <= c1:
-            return v0 if c1 == c0 else v0 + (v1 - v0) * (target - c0) / (c1 - c0)
+        if c0 - EPS <= target <= c1 + EPS:  # 4 / 20 steps is 0.20000000000000004: still at 20 %
+            return v0 if c1 - c0 <= EPS else v0 + (v1 - v0) * min(max(target - c0, 0.0), c1 - c0) / (c1 - c0)
     return None
 
 

@@ -229,6 +229,8 @@ def low_compute_lines(low: dict) -> list[str]:
     lines = []
     for x, tab in low.items():
         lines += ["", f"at {float(x):.0%} compute (curves that reach it; true renders, then the dense reference):"]
+        if not tab["curves"]:
+            lines.append("  no curve has measured points on both sides of it")
         for name, r in sorted(tab["curves"].items(), key=lambda kv: -kv[1]["true_psnr"]):
             lines.append(f"  {name:<36} true {db(r['true_psnr'])}  ref {db(r['psnr'])}")
         for n, m in tab["routers_over_plans"].items():

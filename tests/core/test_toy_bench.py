@@ -61,6 +61,13 @@ def test_teacache_rescale_fit_and_greedy_drop():
     assert B.greedy_drop(lambda drop: sum(cost[b] for b in drop), 4, 2, keep=(3,)) == [1, 2]
 
 
+def test_a_curve_is_read_at_its_own_point_despite_float_sums():
+    from elastic_core.toy.benchmark import at_compute
+    pts = [{"compute": 4 / 20 * (1 + 2e-16), "psnr": 12.0}, {"compute": 0.3, "psnr": 18.0}]
+    assert pts[0]["compute"] > 0.2 and at_compute(pts, 0.2) == pytest.approx(12.0)
+    assert at_compute(pts, 0.25) == pytest.approx(15.0) and at_compute(pts, 0.1) is None
+
+
 def test_plans_follow_the_action_rates():
     from elastic_core.stats import RunRecord
     widths = (0.25, 0.5, 0.75, 1.0)
