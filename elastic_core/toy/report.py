@@ -234,7 +234,8 @@ def low_compute_lines(low: dict) -> list[str]:
         for name, r in sorted(tab["curves"].items(), key=lambda kv: -kv[1]["true_psnr"]):
             lines.append(f"  {name:<36} true {db(r['true_psnr'])}  ref {db(r['psnr'])}")
         for n, m in tab["routers_over_plans"].items():
-            lines.append(f"  routers over the better plan at {n}: true {m['true_psnr']:+.2f} dB, ref {m['psnr']:+.2f} dB")
+            signed = [f"{v:+.2f} dB" if np.isfinite(v) else "n/a" for v in (m["true_psnr"], m["psnr"])]
+            lines.append(f"  routers over the better plan at {n}: true {signed[0]}, ref {signed[1]}")
     return lines
 
 
