@@ -18,10 +18,8 @@ import torch
 
 from elastic_core.results import write_json
 from elastic_core.toy import suite as S
-from elastic_core.toy.benchmark import SIZES, Bench
-from elastic_core.toy.pipeline import DIT_FILE, load_dit, load_toy_routers
-from elastic_core.toy.report import machine_info_cpu, matched
-from elastic_core.toy.variants import Artifacts
+from elastic_core.toy.benchmark import SIZES
+from elastic_core.toy.report import machine_info_cpu, matched, setup
 
 
 def main(argv=None) -> int:
@@ -34,10 +32,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)  # the benchmark's setting on a shared CPU
     t0, sz = time.perf_counter(), SIZES[a.size]
-    base = load_dit()
-    b = Bench(sz, base)
-    art = Artifacts(a.folder, DIT_FILE)
-    config = load_toy_routers().meta.elastic_config().with_(width=True)  # as the benchmark's E-DiT curves
+    b, art, _, config = setup(a.size, a.folder)  # as the benchmark's E-DiT curves
     res = {"size": a.size, "budget": vars(sz.budget), "curves": {}, "settings": {}, "matched": {}}
     for obj in a.objectives:
         for layout in a.layouts:

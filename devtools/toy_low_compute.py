@@ -19,10 +19,8 @@ import torch
 
 from elastic_core.results import write_json
 from elastic_core.toy import suite as S
-from elastic_core.toy.benchmark import LOW, SIZES, Bench
-from elastic_core.toy.pipeline import DIT_FILE, load_dit, load_toy_routers
-from elastic_core.toy.report import low_compute, low_compute_lines, machine_info_cpu
-from elastic_core.toy.variants import Artifacts
+from elastic_core.toy.benchmark import LOW, SIZES
+from elastic_core.toy.report import low_compute, low_compute_lines, machine_info_cpu, setup
 
 TARGETS = (0.15, LOW, 0.3)
 
@@ -37,9 +35,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)  # the benchmark's setting on a shared CPU
     t0, sz = time.perf_counter(), SIZES[a.size]
-    b = Bench(sz, load_dit())
-    art = Artifacts(a.folder, DIT_FILE)
-    config = load_toy_routers().meta.elastic_config().with_(width=True)  # as the benchmark's E-DiT curves
+    b, art, _, config = setup(a.size, a.folder)  # as the benchmark's E-DiT curves
     res = {"size": a.size, "budget": vars(sz.budget), "objective": a.objective, "layout": a.layout,
            "best_objective": a.objective, "curves": {}}
     c = res["curves"]

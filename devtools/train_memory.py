@@ -83,8 +83,8 @@ def main(argv=None) -> int:
                       f"peak {x['peak_gib']:.2f} GiB above the loaded model (LoRA {x['lora_params'] / 1e6:.1f} M "
                       f"parameters)", flush=True)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        from elastic_core.results import write_json
+        write_json(a.out, rows)
     return 0
 
 

@@ -19,7 +19,7 @@ Not included: the CUDA context and the allocator's slack (not measurable without
 from __future__ import annotations
 
 import argparse
-import json
+from elastic_core.results import write_json
 
 GB = 1e9
 BLOCK_MIB_PER_TOKEN = 0.17  # bf16 activations of one Flux block per token (README: 0.34 MiB measured in fp32)
@@ -156,8 +156,7 @@ def main(argv=None) -> int:
             rows.append(parts(pack, kind, a.rank, layout, recompute))
             print(table(rows[-1]) + "\n", flush=True)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(a.out, rows)
     return 0
 
 

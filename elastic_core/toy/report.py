@@ -24,13 +24,7 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     sz = SIZES[size]
     if size == "quick":
         log(SMOKE)
-    base = load_dit()
-    b = Bench(sz, base, log)
-    art = Artifacts(folder, DIT_FILE, log)
-    ckpt = load_toy_routers()
-    # E-DiT's curves run the routers as trained, width head on; the shipped file's defaults (width
-    # off) are measured as one more point, "shipped"
-    config = ckpt.meta.elastic_config().with_(width=True)
+    b, art, ckpt, config = setup(size, folder, log)
     res = {"size": size, "settings": {"router_file_defaults": config.to_dict(), "budget": vars(sz.budget)},
            "reference": S.reference_info(b), "curves": {}}
     c = res["curves"]
@@ -58,12 +52,22 @@ def run_benchmark(size: str = "full", folder: str | None = "bench-results/toy-ar
     static_obj = best if best != "distill" else "anchored"
     c["static pruned (trained)"], c["static pruned (untrained)"] = S.static_curves(b, art, order, static_obj)
     res["settings"]["static"] = {"order": order, "objective": static_obj}
-    res["shipped"] = shipped_point(b, ckpt, base)
+    res["shipped"] = shipped_point(b, ckpt, b.base)
     progress(res)
     if sz.knob_stride:
         res["knobs"] = S.knob_study(b, variants[best], cfgs[best])
     res["machine"], res["wall_s"] = machine_info_cpu(), time.perf_counter() - t0
     return finalize(res)
+
+
+def setup(size: str, folder: str | None, log=print):
+    """What every toy measurement starts from: the scene sets and references of `size` on the shipped DiT,
+    the cache of trained variants, the shipped routers and E-DiT's config. E-DiT's curves run routers as
+    trained, width head on; the shipped file's own defaults (width off) are one more point ("shipped").
+    -> (Bench, Artifacts, shipped RouterCheckpoint, ElasticConfig)"""
+    b = Bench(SIZES[size], load_dit(), log)
+    ckpt = load_toy_routers()
+    return b, Artifacts(folder, DIT_FILE, log), ckpt, ckpt.meta.elastic_config().with_(width=True)
 
 
 def _by_target(points: list[dict]) -> list[dict]:
